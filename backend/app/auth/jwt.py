@@ -1,0 +1,142 @@
+"""Bearer token verification -> the current user's id.
+
+HS256 (a shared secret) and JWKS (Better Auth's asymmetric keys) can be active side by side. The
+token's `alg` only picks which of the two configured paths to try; it is checked against an
+allow-list, and a token is verified only with keys of its own kind, so an HS256 token "signed"
+with a public key can never pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+import jwt
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.auth.jwks import JWKSClient, JWKSUnavailable
+from app.config import Settings
+from app.errors import ServiceUnavailable, Unauthorized
+from app.models.task import USER_ID_MAX
+
+logger = logging.getLogger("app.auth")
+
+# Real tokens are well under 2 KB; refuse to parse megabytes of attacker input.
+MAX_TOKEN_LENGTH = 8192
+
+
+class TokenVerifier:
+    """Verifies bearer tokens according to the settings; one instance per app."""
+
+    def __init__(self, settings: Settings, jwks: JWKSClient | None = None) -> None:
+        self._secret = settings.JWT_SECRET.get_secret_value().encode() if settings.JWT_SECRET else None
+        self._hmac_algorithm = settings.JWT_ALGORITHM
+        self._jwks = jwks
+        self._asymmetric_algorithms = frozenset(settings.JWT_ALGORITHMS) if jwks else frozenset()
+        self._issuer = settings.JWT_ISSUER
+        self._audience = settings.JWT_AUDIENCE
+        self._leeway = settings.JWT_LEEWAY
+
+    def describe(self) -> str:
+        """The active verification modes, for the startup log (no secrets)."""
+        modes = []
+        if self._secret:
+            modes.append(f"{self._hmac_algorithm} shared secret")
+        if self._jwks:
+            modes.append(f"JWKS {self._jwks.url} ({', '.join(sorted(self._asymmetric_algorithms))})")
+        return "; ".join(modes)
+
+    async def user_id(self, token: str) -> str:
+        """The verified token's user id (`sub`, else `user_id`); raises Unauthorized otherwise."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise Unauthorized("The token is too large.")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthorized("The token is malformed.") from None
+        if "crit" in header:
+            # RFC 7515 4.1.11: we understand no extensions, so a token that demands one is rejected.
+            raise Unauthorized("The token uses unsupported critical header parameters.")
+        algorithm = header.get("alg")
+        key = await self._key_for(algorithm, header.get("kid"))
+        claims = self._decode(token, key, str(algorithm))
+        return _subject(claims)
+
+    async def _key_for(self, algorithm: Any, kid: Any) -> Any:
+        if self._secret is not None and algorithm == self._hmac_algorithm:
+            return self._secret
+        if self._jwks is not None and algorithm in self._asymmetric_algorithms:
+            if not isinstance(kid, str) or not kid or len(kid) > 256:
+                raise Unauthorized("The token has no usable key id.")
+            try:
+                jwk = await self._jwks.get_key(kid)
+            except JWKSUnavailable:
+                raise ServiceUnavailable("The token's signing keys cannot be fetched right now.") from None
+            if jwk is None:
+                raise Unauthorized("The token is signed with an unknown key.")
+            # A key published for one algorithm must not verify another; a key of the wrong type
+            # (an RSA key for ES256) is rejected by PyJWT itself.
+            if jwk.algorithm is not None and jwk.algorithm != algorithm:
+                raise Unauthorized("The token's algorithm does not match its key.")
+            return jwk.key
+        raise Unauthorized("The token's signing algorithm is not accepted.")
+
+    def _decode(self, token: str, key: Any, algorithm: str) -> dict[str, Any]:
+        required = ["exp", "iss"] if self._issuer is not None else ["exp"]
+        options: jwt.types.Options = {"require": required, "verify_aud": self._audience is not None}
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options=options,
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("The token has expired.") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthorized("The token is not valid yet.") from None
+        except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
+            raise Unauthorized("The token was issued for another service.") from None
+        except jwt.MissingRequiredClaimError:
+            raise Unauthorized("The token lacks a required claim.") from None
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise Unauthorized("The token's signature is not valid.") from None
+        return claims
+
+
+def _subject(claims: dict[str, Any]) -> str:
+    for name in ("sub", "user_id"):
+        value = claims.get(name)
+        if value is None:
+            continue
+        if isinstance(value, str) and value.strip() and len(value) <= USER_ID_MAX and "\x00" not in value:
+            return value
+        raise Unauthorized("The token's subject is not usable.")
+    raise Unauthorized("The token has no subject.")
+
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="BearerAuth",
+    bearerFormat="JWT",
+    description="A JWT from Better Auth (`/api/auth/token`) or signed with the shared `JWT_SECRET`.",
+)
+
+
+async def get_current_user(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The id of the user the request's bearer token was issued to."""
+    if credentials is None or not credentials.credentials:
+        # RFC 6750 3.1: a request without credentials gets the challenge without an error code.
+        raise Unauthorized("A bearer token is required.", error=None)
+    verifier: TokenVerifier = request.app.state.verifier
+    return await verifier.user_id(credentials.credentials)
+
+
+CurrentUser = Annotated[str, Depends(get_current_user)]

@@ -1,0 +1,94 @@
+"""Settings read once from the environment (and an optional `.env` at the repository root)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SQLITE_URL = f"sqlite:///{REPO_ROOT / 'backend' / 'data' / 'tasks.db'}"
+
+HmacAlgorithm = Literal["HS256", "HS384", "HS512"]
+AsymmetricAlgorithm = Literal["EdDSA", "ES256", "ES512", "RS256", "PS256"]
+# Better Auth's jwt plugin can sign with any of these; a stock setup needs only JWT_JWKS_URL.
+BETTER_AUTH_ALGORITHMS: tuple[AsymmetricAlgorithm, ...] = ("EdDSA", "ES256", "ES512", "RS256", "PS256")
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Field names are the environment variable names."""
+
+    model_config = SettingsConfigDict(
+        env_file=REPO_ROOT / ".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    DATABASE_URL: SecretStr = SecretStr(DEFAULT_SQLITE_URL)
+    # Optional direct (non-pooled) URL for migrations when DATABASE_URL is a PgBouncer/Neon pooler URL.
+    DATABASE_URL_DIRECT: SecretStr | None = None
+    DB_POOL_SIZE: int = Field(default=10, ge=1, le=200)
+    DB_MAX_OVERFLOW: int = Field(default=10, ge=0, le=200)
+    # Seconds to wait for a pooled connection or a new connection before answering 503.
+    DB_CONNECT_TIMEOUT: float = Field(default=3.0, gt=0, le=60)
+
+    JWT_SECRET: SecretStr | None = None
+    JWT_ALGORITHM: HmacAlgorithm = "HS256"
+    JWT_JWKS_URL: str | None = None
+    JWT_ALGORITHMS: Annotated[list[AsymmetricAlgorithm], NoDecode] = Field(
+        default_factory=lambda: list(BETTER_AUTH_ALGORITHMS)
+    )
+    JWT_ISSUER: str | None = None
+    JWT_AUDIENCE: str | None = None
+    JWT_LEEWAY: int = Field(default=30, ge=0, le=60)
+
+    CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    HOST: str = "127.0.0.1"
+    PORT: int = Field(default=8000, ge=1, le=65535)
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    MAX_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)
+
+    @field_validator("CORS_ORIGINS", "JWT_ALGORITHMS", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("JWT_SECRET")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # HS256 with a short secret is brute-forceable offline (RFC 7518 3.2 asks for >= 256 bits).
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes")
+        return value
+
+    @field_validator("JWT_JWKS_URL", "JWT_ISSUER", "JWT_AUDIENCE", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _some_verification(self) -> Settings:
+        if self.JWT_SECRET is None and self.JWT_JWKS_URL is None:
+            raise ValueError("set JWT_SECRET (HS256 shared secret) or JWT_JWKS_URL (Better Auth JWKS)")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,168 @@
+"""The database: URL translation per kind (SQLite, PostgreSQL, Neon/PgBouncer), engine, and the
+per-request session that is one unit of work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+logger = logging.getLogger("app.database")
+
+# libpq URL parameters we translate for asyncpg (which rejects them as connect arguments).
+_TLS_PARAMS = ("sslmode", "sslrootcert", "channel_binding")
+# libpq parameters that have no asyncpg equivalent and are safe to drop (Neon adds `options` for
+# clients without SNI; asyncpg sends SNI).
+_DROPPED_PARAMS = ("options", "target_session_attrs", "gssencmode")
+
+
+class DatabaseURLError(ValueError):
+    """DATABASE_URL cannot be used; the message never contains the URL itself."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What `create_async_engine` needs for one DATABASE_URL."""
+
+    url: URL
+    connect_args: dict[str, Any] = field(default_factory=dict)
+    is_sqlite: bool = False
+    behind_pooler: bool = False
+
+
+def _tls_context(mode: str, root_cert: str | None) -> ssl.SSLContext | bool | str:
+    if mode == "disable":
+        return False
+    if mode in ("allow", "prefer"):
+        return "prefer"
+    if mode not in ("require", "verify-ca", "verify-full"):
+        raise DatabaseURLError(f"sslmode={mode!r} is not a known sslmode")
+    # `require` verifies the certificate too (stricter than libpq): Neon's certificates are publicly
+    # trusted, and an unverified TLS connection gives no protection against a man in the middle.
+    cafile = None if root_cert in (None, "system") else root_cert
+    context = ssl.create_default_context(cafile=cafile)
+    if mode == "verify-ca":
+        context.check_hostname = False
+    return context
+
+
+def engine_spec(raw_url: str, *, connect_timeout: float) -> EngineSpec:
+    """Translate a URL as users paste it (sqlite:///x.db, postgres://..., Neon's) for the async drivers."""
+    try:
+        url = make_url(raw_url)
+    except Exception:
+        raise DatabaseURLError("DATABASE_URL is not a valid URL") from None
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        database = url.database or ""
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        return EngineSpec(url=url.set(drivername="sqlite+aiosqlite"), is_sqlite=True, connect_args={"timeout": 5})
+    if backend not in ("postgres", "postgresql"):
+        raise DatabaseURLError(f"DATABASE_URL scheme {backend!r} is not supported (use sqlite or postgresql)")
+
+    query = dict(url.query)
+    params = {key: query.pop(key) for key in _TLS_PARAMS if key in query}
+    for key in _DROPPED_PARAMS:
+        query.pop(key, None)
+    pgbouncer = str(query.pop("pgbouncer", "")).lower() in ("1", "true")
+    timeout = float(str(query.pop("connect_timeout", connect_timeout)))
+    if query:
+        raise DatabaseURLError(f"DATABASE_URL has unsupported parameters: {', '.join(sorted(query))}")
+
+    connect_args: dict[str, Any] = {"timeout": timeout, "command_timeout": 30}
+    if "sslmode" in params:
+        connect_args["ssl"] = _tls_context(str(params["sslmode"]), params.get("sslrootcert"))  # type: ignore[arg-type]
+    # channel_binding: asyncpg cannot do SCRAM-PLUS; the verified TLS certificate already
+    # authenticates the server, which is what channel binding protects.
+
+    behind_pooler = pgbouncer or "-pooler" in (url.host or "")
+    if behind_pooler:
+        # PgBouncer in transaction mode hands each transaction a different server connection:
+        # cached or reused statement names would collide, so prepare under unique names only.
+        connect_args["statement_cache_size"] = 0
+        connect_args["prepared_statement_name_func"] = lambda: f"__asyncpg_{uuid.uuid4()}__"
+    return EngineSpec(
+        url=url.set(drivername="postgresql+asyncpg", query={}),
+        connect_args=connect_args,
+        behind_pooler=behind_pooler,
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
+    # WAL lets readers run beside the writer; busy_timeout makes writers queue instead of failing.
+    cursor = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "busy_timeout=5000", "synchronous=NORMAL", "foreign_keys=ON"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def create_engine(
+    raw_url: str, *, pool_size: int = 10, max_overflow: int = 10, connect_timeout: float = 3.0
+) -> AsyncEngine:
+    """An async engine for DATABASE_URL with pooling that survives dropped connections."""
+    spec = engine_spec(raw_url, connect_timeout=connect_timeout)
+    kwargs: dict[str, Any] = {"connect_args": spec.connect_args, "hide_parameters": True}
+    if not spec.is_sqlite:
+        kwargs.update(
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            # A request waits this long for a pooled connection, then the client gets a 503.
+            pool_timeout=connect_timeout,
+            # Neon closes idle connections when it scales to zero: test before use, recycle often.
+            pool_pre_ping=True,
+            pool_recycle=300,
+        )
+        if spec.behind_pooler:
+            kwargs["url"] = spec.url.update_query_dict({"prepared_statement_cache_size": "0"})
+    engine = create_async_engine(kwargs.pop("url", spec.url), **kwargs)
+    if spec.is_sqlite:
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+class Database:
+    """The engine and session factory of one app instance."""
+
+    def __init__(self, engine: AsyncEngine, *, ping_timeout: float = 4.0) -> None:
+        self.engine = engine
+        self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+        self.ping_timeout = ping_timeout
+
+    async def ping(self) -> None:
+        """Raise if the database cannot answer `SELECT 1` in time."""
+        async with asyncio.timeout(self.ping_timeout):
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+
+def get_database(request: Request) -> Database:
+    """The app's Database, created in the lifespan."""
+    database: Database = request.app.state.database
+    return database
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One unit of work per request: commit once after the handler, roll back if it raised."""
+    async with get_database(request).sessionmaker() as session:
+        yield session
+        await session.commit()
+
+
+# scope="function": commit before the response is sent, so a 2xx means the write is durable.
+DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -1,0 +1,128 @@
+"""The app factory: settings -> engine, token verifier, routers, middleware, error handlers."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from pydantic import ValidationError
+
+from app.auth.jwks import JWKSClient
+from app.auth.jwt import TokenVerifier
+from app.config import Settings, get_settings
+from app.database import Database, DatabaseURLError, create_engine
+from app.errors import install_error_handlers
+from app.logging import configure_logging
+from app.middleware import RequestContextMiddleware
+from app.routers import health, tasks
+from app.routers.responses import openapi_components
+
+logger = logging.getLogger("app")
+
+DESCRIPTION = """\
+Each user's tasks, behind a JWT bearer token from Better Auth (JWKS) or signed with a shared
+HS256 secret. Errors are RFC 9457 `application/problem+json`. Writes honour `If-Match` with the
+strong `ETag` of a task.
+"""
+
+
+def config_error_line(exc: ValidationError | DatabaseURLError) -> str:
+    """One line naming the bad variables, never their values."""
+    if isinstance(exc, DatabaseURLError):
+        return f"configuration error: DATABASE_URL: {exc}"
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = ".".join(str(part) for part in error["loc"]) or "JWT_SECRET/JWT_JWKS_URL"
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{name}: {message}")
+    return "configuration error: " + "; ".join(problems)
+
+
+def load_settings() -> Settings:
+    """The settings, or exit with one clear line when they are invalid."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        print(config_error_line(exc), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application for `settings` (the environment's by default)."""
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            engine = create_engine(
+                settings.DATABASE_URL.get_secret_value(),
+                pool_size=settings.DB_POOL_SIZE,
+                max_overflow=settings.DB_MAX_OVERFLOW,
+                connect_timeout=settings.DB_CONNECT_TIMEOUT,
+            )
+        except DatabaseURLError as exc:
+            print(config_error_line(exc), file=sys.stderr)
+            raise SystemExit(2) from None
+        database = Database(engine, ping_timeout=settings.DB_CONNECT_TIMEOUT + 1)
+        jwks = JWKSClient(settings.JWT_JWKS_URL) if settings.JWT_JWKS_URL else None
+        app.state.database = database
+        app.state.verifier = TokenVerifier(settings, jwks)
+        logger.info("token verification: %s", app.state.verifier.describe())
+        try:
+            yield
+        finally:
+            if jwks is not None:
+                await jwks.aclose()
+            await database.dispose()
+
+    app = FastAPI(
+        title="Task API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(tasks.router)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.CORS_ORIGINS,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID"],
+        expose_headers=["ETag", "Location", "Retry-After", "X-Request-ID"],
+        max_age=600,
+    )
+    # Outermost, so the request id and the access log cover CORS answers and errors too.
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.MAX_BODY_BYTES)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(openapi_components())
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _app_from_environment() -> FastAPI:
+    settings = load_settings()
+    configure_logging(settings.LOG_LEVEL)
+    return create_app(settings)
+
+
+def __getattr__(name: str) -> Any:
+    # `uvicorn app.main:app` builds the app on first access, so importing this module (tests,
+    # tools) does not read the environment.
+    if name == "app":
+        application = _app_from_environment()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

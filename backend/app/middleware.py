@@ -1,0 +1,93 @@
+"""Pure ASGI middleware (cheaper than BaseHTTPMiddleware): request id, access log, body size limit."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import problem_response
+
+access_log = logging.getLogger("app.access")
+# An incoming X-Request-ID is echoed only if it looks like an id, so logs cannot be forged with it.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class RequestContextMiddleware:
+    """Adds X-Request-ID, logs one JSON line per request, and answers 413 for oversized bodies."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        status = 500
+        response_started = False
+
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            status = 413 if declared.isdigit() else 400
+            await self._reject(status, request_id, scope, receive, send)
+            self._log(scope, status, started, request_id)
+            return
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except _BodyTooLarge:
+            if response_started:
+                raise
+            status = 413
+            await self._reject(413, request_id, scope, receive, send)
+        finally:
+            self._log(scope, status, started, request_id)
+
+    async def _reject(self, status: int, request_id: str, scope: Scope, receive: Receive, send: Send) -> None:
+        detail = "The request body is larger than allowed." if status == 413 else "Invalid Content-Length."
+        response = problem_response(status, detail, headers={"X-Request-ID": request_id, "Connection": "close"})
+        await response(scope, receive, send)
+
+    def _log(self, scope: Scope, status: int, started: float, request_id: str) -> None:
+        # Path only: query strings may carry search text; headers (tokens) are never logged.
+        access_log.info(
+            "request",
+            extra={
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "request_id": request_id,
+            },
+        )

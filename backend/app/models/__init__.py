@@ -1,0 +1,5 @@
+"""Database tables."""
+
+from app.models.task import Task, TaskPriority, TaskStatus
+
+__all__ = ["Task", "TaskPriority", "TaskStatus"]

@@ -1,0 +1,33 @@
+"""`GET /health`: liveness and database reachability, no auth."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+
+from app.database import get_database
+from app.errors import ServiceUnavailable, is_database_unavailable
+from app.routers.responses import problem_responses
+
+router = APIRouter(tags=["health"])
+
+
+class Health(BaseModel):
+    """The service and its database are up."""
+
+    status: Literal["ok"] = "ok"
+    database: Literal["ok"] = "ok"
+
+
+@router.get("/health", operation_id="getHealth", summary="Health check", responses=problem_responses(503))
+async def health(request: Request) -> Health:
+    """200 when the database answers, 503 problem+json when it does not."""
+    try:
+        await get_database(request).ping()
+    except Exception as exc:
+        if not is_database_unavailable(exc):
+            raise
+        raise ServiceUnavailable("The database is unreachable.", database="unreachable") from None
+    return Health()

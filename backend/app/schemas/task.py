@@ -1,0 +1,159 @@
+"""Request and response bodies for tasks: TaskCreate / TaskReplace / TaskPatch / TaskRead / TaskPage."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from app.models.task import DESCRIPTION_MAX, TITLE_MAX, TaskPriority, TaskStatus
+
+
+def _storable(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, and lone surrogates cannot be encoded as UTF-8: reject both
+    # here so both databases answer the same clear 422 instead of a driver error.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value:
+        raise ValueError("must not be blank")
+    return value
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+Title = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, max_length=TITLE_MAX),
+    AfterValidator(_not_blank),
+    AfterValidator(_storable),
+    Field(min_length=1, examples=["Write the launch post"]),
+]
+Description = Annotated[
+    str,
+    StringConstraints(max_length=DESCRIPTION_MAX),
+    AfterValidator(_storable),
+    Field(examples=["Draft, review with Sam, publish on Friday"]),
+]
+UtcDateTime = Annotated[AwareDatetime, AfterValidator(_to_utc), Field(examples=["2026-12-01T17:00:00Z"])]
+
+_EXAMPLE_TASK: dict[str, Any] = {
+    "id": "0b5e9a4c-2f4e-4d7b-9a53-3c1f7f0a8e21",
+    "title": "Write the launch post",
+    "description": "Draft, review with Sam, publish on Friday",
+    "status": "in_progress",
+    "priority": "high",
+    "due_date": "2026-12-01T17:00:00Z",
+    "user_id": "user_2x8Hk",
+    "created_at": "2026-11-26T09:30:00Z",
+    "updated_at": "2026-11-26T10:05:12Z",
+}
+
+
+class _Body(BaseModel):
+    # Unknown fields (user_id, id, ...) are a 422 naming the field, never silently dropped.
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskCreate(_Body):
+    """Body of POST /api/tasks: only `title` is required."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"title": "Write the launch post", "priority": "high"}]})
+
+    title: Title
+    description: Description | None = None
+    status: TaskStatus = TaskStatus.pending
+    priority: TaskPriority = TaskPriority.medium
+    due_date: UtcDateTime | None = None
+
+
+class TaskReplace(TaskCreate):
+    """Body of PUT /api/tasks/{id}: a full replacement; omitted optional fields reset to defaults."""
+
+
+class TaskPatch(_Body):
+    """Body of PATCH /api/tasks/{id}: only the fields given change; `null` clears description/due_date."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "completed"}]})
+
+    title: Title = None  # type: ignore[assignment]  # absent is allowed, explicit null is rejected below
+    description: Description | None = None
+    status: TaskStatus = None  # type: ignore[assignment]
+    priority: TaskPriority = None  # type: ignore[assignment]
+    due_date: UtcDateTime | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The fields the client actually sent, as column values."""
+        return self.model_dump(exclude_unset=True)
+
+
+class TaskRead(BaseModel):
+    """A task as the API returns it."""
+
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [_EXAMPLE_TASK]})
+
+    id: uuid.UUID
+    title: str
+    description: str | None
+    status: TaskStatus
+    priority: TaskPriority
+    due_date: datetime | None
+    user_id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class TaskPage(BaseModel):
+    """One page of the caller's tasks; `total` counts every match, not just this page."""
+
+    items: list[TaskRead]
+    total: int = Field(ge=0)
+    limit: int = Field(ge=1, le=100)
+    offset: int = Field(ge=0)
+
+
+class TaskSort(StrEnum):
+    """Sort keys for the list; a leading `-` sorts descending."""
+
+    created_at = "created_at"
+    created_at_desc = "-created_at"
+    updated_at = "updated_at"
+    updated_at_desc = "-updated_at"
+    due_date = "due_date"
+    due_date_desc = "-due_date"
+    priority = "priority"
+    priority_desc = "-priority"
+    title_asc = "title"
+    title_desc = "-title"
+
+
+class TaskListQuery(BaseModel):
+    """Query parameters of GET /api/tasks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: TaskStatus | None = None
+    priority: TaskPriority | None = None
+    due_before: UtcDateTime | None = Field(default=None, description="Only tasks due strictly before this instant.")
+    due_after: UtcDateTime | None = Field(default=None, description="Only tasks due strictly after this instant.")
+    q: Annotated[str, AfterValidator(_storable)] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Case-insensitive substring of title or description.",
+    )
+    sort: TaskSort = TaskSort.created_at_desc
+    limit: int = Field(default=50, ge=1, le=100)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
