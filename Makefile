@@ -42,10 +42,10 @@ test: $(STAMP)
 	cd backend && $(BIN)/pytest
 
 lint: $(STAMP)
-	cd backend && $(BIN)/ruff check . ../bench && $(BIN)/ruff format --check . ../bench && $(BIN)/mypy
+	cd backend && $(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
 format: $(STAMP)
-	cd backend && $(BIN)/ruff format . ../bench && $(BIN)/ruff check --fix . ../bench
+	cd backend && $(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) backend/data .pytest_cache backend/.pytest_cache

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.database import DatabaseURLError, engine_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SQLITE_URL = f"sqlite:///{REPO_ROOT / 'backend' / 'data' / 'tasks.db'}"
@@ -28,7 +31,8 @@ class Settings(BaseSettings):
     """Every knob of the service. Field names are the environment variable names."""
 
     model_config = SettingsConfigDict(
-        env_file=REPO_ROOT / ".env",
+        # ENV_FILE points at another dotenv file (or /dev/null for none).
+        env_file=os.environ.get("ENV_FILE", REPO_ROOT / ".env"),
         env_file_encoding="utf-8",
         extra="ignore",
         frozen=True,
@@ -48,6 +52,9 @@ class Settings(BaseSettings):
     JWT_ALGORITHMS: Annotated[list[AsymmetricAlgorithm], NoDecode] = Field(
         default_factory=lambda: list(BETTER_AUTH_ALGORITHMS)
     )
+    # An unknown `kid` refetches the JWKS at most this often (seconds), so bogus kids cannot flood
+    # the auth server; a rotated key is picked up on its first token after this interval.
+    JWT_JWKS_MIN_REFETCH_SECONDS: float = Field(default=10.0, ge=0, le=3600)
     JWT_ISSUER: str | None = None
     JWT_AUDIENCE: str | None = None
     JWT_LEEWAY: int = Field(default=30, ge=0, le=60)
@@ -62,6 +69,16 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("DATABASE_URL", "DATABASE_URL_DIRECT")
+    @classmethod
+    def _usable_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                engine_spec(value.get_secret_value(), connect_timeout=1.0)
+            except DatabaseURLError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod

@@ -5,9 +5,9 @@ per-request session that is one unit of work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ _TLS_PARAMS = ("sslmode", "sslrootcert", "channel_binding")
 # libpq parameters that have no asyncpg equivalent and are safe to drop (Neon adds `options` for
 # clients without SNI; asyncpg sends SNI).
 _DROPPED_PARAMS = ("options", "target_session_attrs", "gssencmode")
+PGBOUNCER_PORT = 6432
 
 
 class DatabaseURLError(ValueError):
@@ -62,24 +63,24 @@ def engine_spec(raw_url: str, *, connect_timeout: float) -> EngineSpec:
     try:
         url = make_url(raw_url)
     except Exception:
-        raise DatabaseURLError("DATABASE_URL is not a valid URL") from None
+        raise DatabaseURLError("not a valid URL") from None
     backend = url.get_backend_name()
     if backend == "sqlite":
-        database = url.database or ""
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
         return EngineSpec(url=url.set(drivername="sqlite+aiosqlite"), is_sqlite=True, connect_args={"timeout": 5})
     if backend not in ("postgres", "postgresql"):
-        raise DatabaseURLError(f"DATABASE_URL scheme {backend!r} is not supported (use sqlite or postgresql)")
+        raise DatabaseURLError(f"scheme {backend!r} is not supported (use sqlite or postgresql)")
 
     query = dict(url.query)
     params = {key: query.pop(key) for key in _TLS_PARAMS if key in query}
     for key in _DROPPED_PARAMS:
         query.pop(key, None)
     pgbouncer = str(query.pop("pgbouncer", "")).lower() in ("1", "true")
-    timeout = float(str(query.pop("connect_timeout", connect_timeout)))
+    try:
+        timeout = float(str(query.pop("connect_timeout", connect_timeout)))
+    except ValueError:
+        raise DatabaseURLError("connect_timeout must be a number of seconds") from None
     if query:
-        raise DatabaseURLError(f"DATABASE_URL has unsupported parameters: {', '.join(sorted(query))}")
+        raise DatabaseURLError(f"unsupported parameters: {', '.join(sorted(query))}")
 
     connect_args: dict[str, Any] = {"timeout": timeout, "command_timeout": 30}
     if "sslmode" in params:
@@ -87,12 +88,14 @@ def engine_spec(raw_url: str, *, connect_timeout: float) -> EngineSpec:
     # channel_binding: asyncpg cannot do SCRAM-PLUS; the verified TLS certificate already
     # authenticates the server, which is what channel binding protects.
 
-    behind_pooler = pgbouncer or "-pooler" in (url.host or "")
+    # Neon's pooled hosts end in "-pooler"; 6432 is PgBouncer's default port; `pgbouncer=true`
+    # says so explicitly for any other pooler.
+    behind_pooler = pgbouncer or "-pooler" in (url.host or "") or url.port == PGBOUNCER_PORT
     if behind_pooler:
-        # PgBouncer in transaction mode hands each transaction a different server connection:
-        # cached or reused statement names would collide, so prepare under unique names only.
+        # PgBouncer in transaction mode hands each transaction a different server connection, so a
+        # named prepared statement cached on one is missing on the next. Without caches asyncpg uses
+        # unnamed statements, which live only within the transaction and leave nothing behind.
         connect_args["statement_cache_size"] = 0
-        connect_args["prepared_statement_name_func"] = lambda: f"__asyncpg_{uuid.uuid4()}__"
     return EngineSpec(
         url=url.set(drivername="postgresql+asyncpg", query={}),
         connect_args=connect_args,
@@ -126,6 +129,10 @@ def create_engine(
         )
         if spec.behind_pooler:
             kwargs["url"] = spec.url.update_query_dict({"prepared_statement_cache_size": "0"})
+    if spec.is_sqlite and spec.url.database not in (None, "", ":memory:"):
+        # A missing folder is created; one that cannot be is reported as 503 on first use.
+        with contextlib.suppress(OSError):
+            Path(str(spec.url.database)).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(kwargs.pop("url", spec.url), **kwargs)
     if spec.is_sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -29,6 +29,17 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+# Libraries that log SQL, parameters or URLs at DEBUG/INFO: capped at WARNING whatever LOG_LEVEL says,
+# so statements, task contents and connection details never reach the logs.
+_CHATTY_LIBRARIES = ("aiosqlite", "sqlalchemy", "asyncpg", "httpx", "httpcore")
+
+
+def quiet_libraries() -> None:
+    """Cap the chatty libraries at WARNING."""
+    for name in _CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def configure_logging(level: str) -> None:
     """Send the app's and uvicorn's logs to stderr as JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
@@ -40,5 +51,6 @@ def configure_logging(level: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    quiet_libraries()
     # Our middleware writes the access log; uvicorn's own would duplicate it without the request id.
     logging.getLogger("uvicorn.access").disabled = True

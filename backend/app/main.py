@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from app.auth.jwks import JWKSClient
 from app.auth.jwt import TokenVerifier
 from app.config import Settings, get_settings
-from app.database import Database, DatabaseURLError, create_engine
+from app.database import Database, create_engine
 from app.errors import install_error_handlers
 from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware
@@ -32,10 +32,8 @@ strong `ETag` of a task.
 """
 
 
-def config_error_line(exc: ValidationError | DatabaseURLError) -> str:
+def config_error_line(exc: ValidationError) -> str:
     """One line naming the bad variables, never their values."""
-    if isinstance(exc, DatabaseURLError):
-        return f"configuration error: DATABASE_URL: {exc}"
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
         name = ".".join(str(part) for part in error["loc"]) or "JWT_SECRET/JWT_JWKS_URL"
@@ -59,18 +57,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            engine = create_engine(
-                settings.DATABASE_URL.get_secret_value(),
-                pool_size=settings.DB_POOL_SIZE,
-                max_overflow=settings.DB_MAX_OVERFLOW,
-                connect_timeout=settings.DB_CONNECT_TIMEOUT,
-            )
-        except DatabaseURLError as exc:
-            print(config_error_line(exc), file=sys.stderr)
-            raise SystemExit(2) from None
+        engine = create_engine(
+            settings.DATABASE_URL.get_secret_value(),
+            pool_size=settings.DB_POOL_SIZE,
+            max_overflow=settings.DB_MAX_OVERFLOW,
+            connect_timeout=settings.DB_CONNECT_TIMEOUT,
+        )
         database = Database(engine, ping_timeout=settings.DB_CONNECT_TIMEOUT + 1)
-        jwks = JWKSClient(settings.JWT_JWKS_URL) if settings.JWT_JWKS_URL else None
+        jwks = None
+        if settings.JWT_JWKS_URL:
+            jwks = JWKSClient(settings.JWT_JWKS_URL, min_refetch_interval=settings.JWT_JWKS_MIN_REFETCH_SECONDS)
         app.state.database = database
         app.state.verifier = TokenVerifier(settings, jwks)
         logger.info("token verification: %s", app.state.verifier.describe())

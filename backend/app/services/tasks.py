@@ -117,7 +117,7 @@ async def update_task(
     if not changes:
         current = await get_task(session, owner_id, task_id)
         if if_match is not None and not _matches(if_match, current.version):
-            raise PreconditionFailed("The task has changed since you read it (ETag mismatch).")
+            raise PreconditionFailed("The task has changed or was deleted since you read it (ETag mismatch).")
         return current
     stmt = (
         update(tasks)
@@ -197,12 +197,14 @@ def _version_condition(if_match: Sequence[str] | None) -> list[ColumnElement[boo
 
 
 async def _miss(session: AsyncSession, owner_id: str, task_id: uuid.UUID, *, conditional: bool = False) -> Exception:
-    """Why a scoped statement found nothing: 412 (own task, stale ETag), 403 (someone else's), 404."""
+    """Why a scoped statement found nothing: 403 (someone else's), 412 (conditional), else 404.
+
+    A conditional request on a task that is gone is 412, as RFC 9110 13.1.1 says: of several
+    clients deleting with the same ETag, the losers learn their view was stale.
+    """
     owner = (await session.execute(select(c.user_id).where(c.id == task_id))).scalar_one_or_none()
-    if owner is None:
-        return NotFound("No task with this id.")
-    if owner != owner_id:
+    if owner is not None and owner != owner_id:
         return Forbidden("This task belongs to another user.")
     if conditional:
-        return PreconditionFailed("The task has changed since you read it (ETag mismatch).")
-    return NotFound("No task with this id.")  # deleted between the two statements
+        return PreconditionFailed("The task has changed or was deleted since you read it (ETag mismatch).")
+    return NotFound("No task with this id.")

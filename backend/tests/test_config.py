@@ -1,0 +1,65 @@
+"""Startup configuration: bad settings stop the server with one line naming the variable, never its value."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BACKEND_DIR = Path(__file__).resolve().parents[1]
+GOOD_SECRET = "a-perfectly-fine-secret-of-more-than-32-bytes"
+
+
+def start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the production entry point with only `env` (plus PATH), expecting it to refuse to start."""
+    base = {"PATH": os.environ["PATH"], "ENV_FILE": "/dev/null", "PORT": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "app.serve"],
+        cwd=BACKEND_DIR,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "secret_value"),
+    [
+        ({"JWT_SECRET": "short-secret-value"}, "JWT_SECRET", "short-secret-value"),
+        ({}, "JWT_SECRET", None),
+        ({"JWT_SECRET": GOOD_SECRET, "PORT": "not-a-port-xyz"}, "PORT", "not-a-port-xyz"),
+        ({"JWT_SECRET": GOOD_SECRET, "JWT_ALGORITHM": "none"}, "JWT_ALGORITHM", None),
+        ({"JWT_SECRET": GOOD_SECRET, "LOG_LEVEL": "chatty-level"}, "LOG_LEVEL", "chatty-level"),
+        (
+            {"JWT_SECRET": GOOD_SECRET, "JWT_ALGORITHMS": "EdDSA,HS256", "JWT_JWKS_URL": "http://x/jwks"},
+            "JWT_ALGORITHMS",
+            None,
+        ),
+        (
+            {"JWT_SECRET": GOOD_SECRET, "DATABASE_URL": "mysql://root:hunter2-db-pass@db/x"},
+            "DATABASE_URL",
+            "hunter2-db-pass",
+        ),
+        (
+            {"JWT_SECRET": GOOD_SECRET, "DATABASE_URL": "postgresql://u:hunter2-db-pass@h/db?sslmode=bogus"},
+            "DATABASE_URL",
+            "hunter2-db-pass",
+        ),
+    ],
+)
+def test_config_invalid_setting_stops_startup_with_one_line(
+    env: dict[str, str], variable: str, secret_value: str | None
+) -> None:
+    result = start(env)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("configuration error:")
+    assert variable in lines[0]
+    for value in filter(None, (secret_value, env.get("JWT_SECRET"))):
+        assert value not in result.stderr + result.stdout

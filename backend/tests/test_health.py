@@ -1,0 +1,68 @@
+"""GET /health, and 503 + recovery when the database goes away."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.conftest import http_client, make_settings, running_app
+from tests.support import TCPProxy, auth, new_user
+
+
+async def test_health_ok(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok"}
+
+
+async def test_health_needs_no_token_and_sets_request_id(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health", headers={"X-Request-ID": "abc-123"})
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "abc-123"
+
+
+async def test_sqlite_unopenable_is_503(tmp_path: object) -> None:
+    settings = make_settings("sqlite:////proc/no-such-dir/tasks.db")
+    async with running_app(settings) as app, http_client(app) as client:
+        response = await client.get("/health")
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["retry-after"].isdigit()
+        listed = await client.get("/api/tasks", headers=auth(new_user()))
+        assert listed.status_code == 503
+        assert "proc" not in listed.text
+
+
+@pytest.mark.parametrize("mode", ["refuse", "hang"])
+async def test_database_down_gives_503_then_recovers(database_url: str, backend: str, mode: str) -> None:
+    if backend != "postgresql":
+        pytest.skip("a network cut needs a database server")
+    parts = urlsplit(database_url)
+    proxy = TCPProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await proxy.start()
+    proxied = database_url.replace(parts.netloc, f"{parts.username}@127.0.0.1:{proxy.port}")
+    settings = make_settings(proxied, DB_CONNECT_TIMEOUT=1.5)
+    user = auth(new_user())
+    try:
+        async with running_app(settings) as app, http_client(app) as client:
+            assert (await client.post("/api/tasks", json={"title": "before"}, headers=user)).status_code == 201
+
+            await proxy.cut(mode)
+            for path, headers in (("/health", {}), ("/api/tasks", user)):
+                response = await asyncio.wait_for(client.get(path, headers=headers), timeout=10)
+                assert response.status_code == 503, response.text
+                assert response.headers["content-type"] == "application/problem+json"
+                assert response.headers["retry-after"].isdigit()
+                assert str(proxy.port) not in response.text and "postgres" not in response.text
+
+            await proxy.restore()
+            # The service heals by itself: the pool throws away dead connections on checkout.
+            response = await client.get("/api/tasks", headers=user)
+            assert response.status_code == 200
+            assert [t["title"] for t in response.json()["items"]] == ["before"]
+            assert (await client.get("/health")).status_code == 200
+    finally:
+        await proxy.close()

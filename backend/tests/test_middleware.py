@@ -1,0 +1,57 @@
+"""Request ids, structured access logs without secrets, body limits and CORS."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from tests.support import SECRET, auth, captured_logs, hs256_token, new_user
+
+
+async def test_request_id_is_generated_or_echoed(client: httpx.AsyncClient) -> None:
+    generated = await client.get("/api/tasks", headers=auth(new_user()))
+    assert len(generated.headers["x-request-id"]) >= 16
+    echoed = await client.get("/api/tasks", headers={**auth(new_user()), "X-Request-ID": "req-42"})
+    assert echoed.headers["x-request-id"] == "req-42"
+    forged = await client.get("/health", headers={"X-Request-ID": 'bad id\n{"level":"x"}'})
+    assert forged.headers["x-request-id"] != 'bad id\n{"level":"x"}'
+
+
+async def test_access_log_is_one_json_line_per_request_without_secrets(client: httpx.AsyncClient) -> None:
+    token = hs256_token(new_user())
+    with captured_logs() as lines:
+        await client.get("/api/tasks?q=findme", headers={"Authorization": f"Bearer {token}", "X-Request-ID": "r-1"})
+        await client.get("/api/tasks", headers={"Authorization": f"Bearer {token}x"})  # bad signature
+        await client.post("/api/tasks", json={"title": token}, headers={"Authorization": f"Bearer {token}"})
+    access = [json.loads(line) for line in lines if '"app.access"' in line]
+    assert len(access) == 3
+    first = access[0]
+    assert {"method", "path", "status", "duration_ms", "request_id"} <= first.keys()
+    assert (first["method"], first["path"], first["status"], first["request_id"]) == ("GET", "/api/tasks", 200, "r-1")
+    assert [entry["status"] for entry in access] == [200, 401, 201]
+    everything = "\n".join(lines)
+    assert token not in everything and token.split(".")[1] not in everything
+    assert SECRET not in everything
+
+
+async def test_declared_oversized_body_is_413_before_reading(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/api/tasks",
+        content=b"{}",
+        headers={**auth(new_user()), "Content-Type": "application/json", "Content-Length": str(2 * 1024 * 1024)},
+    )
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_cors_allows_only_configured_origins(client: httpx.AsyncClient) -> None:
+    preflight = {"Access-Control-Request-Method": "PATCH", "Access-Control-Request-Headers": "authorization,if-match"}
+    allowed = await client.options("/api/tasks", headers={"Origin": "http://localhost:3000", **preflight})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "http://localhost:3000"
+    denied = await client.options("/api/tasks", headers={"Origin": "https://evil.example", **preflight})
+    assert "access-control-allow-origin" not in denied.headers
+    simple = await client.get("/api/tasks", headers={**auth(new_user()), "Origin": "http://localhost:3000"})
+    assert simple.headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert "etag" in simple.headers["access-control-expose-headers"].lower()
