@@ -6,11 +6,13 @@ import asyncio
 import sys
 from logging.config import fileConfig
 
+from pydantic import ValidationError
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
 import app.models  # noqa: F401  (registers the tables on the metadata)
 from alembic import context
+from app.config import DatabaseSettings, config_error_line
 from app.database import create_engine
 
 config = context.config
@@ -21,23 +23,15 @@ target_metadata = SQLModel.metadata
 
 
 def _database_url() -> str:
-    # Tests pass the URL in; otherwise the app's settings (a pooler URL is not for DDL: prefer the
-    # direct one when given).
+    # Tests pass the URL in; otherwise the settings' migration URL (the direct one if given: DDL
+    # does not belong on a transaction-mode pooler).
     url = config.attributes.get("database_url")
     if isinstance(url, str):
         return url
-    from pydantic import ValidationError
-
-    from app.config import get_settings
-
     try:
-        settings = get_settings()
+        return DatabaseSettings().migration_url()
     except ValidationError as exc:
-        from app.main import config_error_line
-
         sys.exit(config_error_line(exc))
-    chosen = settings.DATABASE_URL_DIRECT or settings.DATABASE_URL
-    return chosen.get_secret_value()
 
 
 def _run(connection: Connection) -> None:

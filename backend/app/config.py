@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.database import DatabaseURLError, engine_spec
@@ -27,8 +27,8 @@ def _split_csv(value: object) -> object:
     return value
 
 
-class Settings(BaseSettings):
-    """Every knob of the service. Field names are the environment variable names."""
+class DatabaseSettings(BaseSettings):
+    """The database knobs alone: all that migrations need."""
 
     model_config = SettingsConfigDict(
         # ENV_FILE points at another dotenv file (or /dev/null for none).
@@ -45,6 +45,24 @@ class Settings(BaseSettings):
     DB_MAX_OVERFLOW: int = Field(default=10, ge=0, le=200)
     # Seconds to wait for a pooled connection or a new connection before answering 503.
     DB_CONNECT_TIMEOUT: float = Field(default=3.0, gt=0, le=60)
+
+    @field_validator("DATABASE_URL", "DATABASE_URL_DIRECT")
+    @classmethod
+    def _usable_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                engine_spec(value.get_secret_value(), connect_timeout=1.0)
+            except DatabaseURLError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    def migration_url(self) -> str:
+        """The URL migrations run on: the direct one when the app itself goes through a pooler."""
+        return (self.DATABASE_URL_DIRECT or self.DATABASE_URL).get_secret_value()
+
+
+class Settings(DatabaseSettings):
+    """Every knob of the service. Field names are the environment variable names."""
 
     JWT_SECRET: SecretStr | None = None
     JWT_ALGORITHM: HmacAlgorithm = "HS256"
@@ -70,16 +88,6 @@ class Settings(BaseSettings):
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("DATABASE_URL", "DATABASE_URL_DIRECT")
-    @classmethod
-    def _usable_database_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            try:
-                engine_spec(value.get_secret_value(), connect_timeout=1.0)
-            except DatabaseURLError as exc:
-                raise ValueError(str(exc)) from None
-        return value
-
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -103,6 +111,16 @@ class Settings(BaseSettings):
         if self.JWT_SECRET is None and self.JWT_JWKS_URL is None:
             raise ValueError("set JWT_SECRET (HS256 shared secret) or JWT_JWKS_URL (Better Auth JWKS)")
         return self
+
+
+def config_error_line(exc: ValidationError) -> str:
+    """One line naming the bad variables, never their values."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = ".".join(str(part) for part in error["loc"]) or "JWT_SECRET/JWT_JWKS_URL"
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{name}: {message}")
+    return "configuration error: " + "; ".join(problems)
 
 
 @lru_cache

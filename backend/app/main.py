@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from app.auth.jwks import JWKSClient
 from app.auth.jwt import TokenVerifier
-from app.config import Settings, get_settings
+from app.config import Settings, config_error_line, get_settings
 from app.database import Database, create_engine
 from app.errors import install_error_handlers
 from app.logging import configure_logging
@@ -30,16 +30,6 @@ Each user's tasks, behind a JWT bearer token from Better Auth (JWKS) or signed w
 HS256 secret. Errors are RFC 9457 `application/problem+json`. Writes honour `If-Match` with the
 strong `ETag` of a task.
 """
-
-
-def config_error_line(exc: ValidationError) -> str:
-    """One line naming the bad variables, never their values."""
-    problems = []
-    for error in exc.errors(include_input=False, include_url=False):
-        name = ".".join(str(part) for part in error["loc"]) or "JWT_SECRET/JWT_JWKS_URL"
-        message = error["msg"].removeprefix("Value error, ")
-        problems.append(f"{name}: {message}")
-    return "configuration error: " + "; ".join(problems)
 
 
 def load_settings() -> Settings:
@@ -91,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_origins=settings.CORS_ORIGINS,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
         allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID"],
-        expose_headers=["ETag", "Location", "Retry-After", "X-Request-ID"],
+        expose_headers=["ETag", "Location", "Retry-After", "X-Request-ID", "Idempotent-Replayed"],
         max_age=600,
     )
     # Outermost, so the request id and the access log cover CORS answers and errors too.

@@ -9,8 +9,10 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from app.auth.jwt import CurrentUser
 from app.database import DbSession
+from app.models.idempotency import IDEMPOTENCY_KEY_MAX
 from app.routers.responses import problem_responses
 from app.schemas.task import TaskCreate, TaskListQuery, TaskPage, TaskPatch, TaskRead, TaskReplace
+from app.services import idempotency
 from app.services import tasks as service
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
@@ -38,9 +40,25 @@ def _with_etag(response: Response, result: service.VersionedTask) -> TaskRead:
 _ETAG_HEADER: dict[str, Any] = {"ETag": {"description": "Strong ETag of the task.", "schema": {"type": "string"}}}
 
 
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=IDEMPOTENCY_KEY_MAX,
+        pattern=r"^[\x21-\x7e]+$",
+        description=(
+            "Makes a retried POST safe: the same key with the same body within 24 h replays the first "
+            "response (same task) instead of creating another; the same key with a different body is 422."
+        ),
+        examples=["5f0c6a7e-3f7e-4a39-9d43-1f1f4ad0c2b1"],
+    ),
+]
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
+    response_model=TaskRead,
     operation_id="createTask",
     summary="Create a task",
     responses={
@@ -48,18 +66,40 @@ _ETAG_HEADER: dict[str, Any] = {"ETag": {"description": "Strong ETag of the task
             "headers": {
                 **_ETAG_HEADER,
                 "Location": {"description": "URL of the new task.", "schema": {"type": "string"}},
+                "Idempotent-Replayed": {
+                    "description": "`true` when this is the stored response to an earlier request with the same key.",
+                    "schema": {"type": "string", "enum": ["true"]},
+                },
             }
         },
         **problem_responses(401, 413, 422, 503),
     },
 )
 async def create_task(
-    body: TaskCreate, user: CurrentUser, session: DbSession, request: Request, response: Response
-) -> TaskRead:
+    body: TaskCreate,
+    user: CurrentUser,
+    session: DbSession,
+    request: Request,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
     """Create a task owned by the caller."""
+    if idempotency_key is not None:
+        body_fingerprint = idempotency.fingerprint(body.model_dump(mode="json"))
+        stored = await idempotency.claim(session, user, idempotency_key, body_fingerprint)
+        if stored is not None:
+            return _created(request, stored, replayed=True)
     result = await service.create_task(session, user, body)
-    response.headers["Location"] = str(request.url_for("get_task", task_id=result.task.id).path)
-    return _with_etag(response, result)
+    response = idempotency.StoredResponse(result.task.id, result.etag, result.task.model_dump_json().encode())
+    if idempotency_key is not None:
+        await idempotency.remember(session, user, idempotency_key, response)
+    return _created(request, response, replayed=False)
+
+
+def _created(request: Request, stored: idempotency.StoredResponse, *, replayed: bool) -> Response:
+    headers = {"ETag": stored.etag, "Location": request.url_for("get_task", task_id=stored.task_id).path}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(stored.body, status_code=201, headers=headers, media_type="application/json")
 
 
 @router.get(

@@ -1,0 +1,79 @@
+"""Idempotency-Key for POST /api/tasks: every query scoped by the owner's id.
+
+The key is claimed with an INSERT inside the request's own transaction. A concurrent request with
+the same key blocks on that row until the first one commits (then replays its response) or rolls
+back (then claims the key itself), so exactly one task is created, across any number of processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import Problem
+from app.models.idempotency import IdempotencyKey
+
+KEY_TTL = timedelta(hours=24)
+keys = IdempotencyKey.__table__  # type: ignore[attr-defined]
+k = keys.c
+
+
+class IdempotencyKeyReused(Problem):
+    """The key was first used with a different request body."""
+
+    status = 422
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """The first response given for a key."""
+
+    task_id: uuid.UUID
+    etag: str
+    body: bytes
+
+
+def fingerprint(body: dict[str, Any]) -> str:
+    """A stable hash of the validated request body (key order and defaults do not matter)."""
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+async def claim(session: AsyncSession, owner_id: str, key: str, body_fingerprint: str) -> StoredResponse | None:
+    """Claim `key` for this request (None: go ahead and create), or the response to replay."""
+    now = datetime.now(UTC)
+    # Expired keys of this owner are forgotten first, so a key can be reused after 24 h.
+    await session.execute(delete(keys).where(k.user_id == owner_id, k.created_at < now - KEY_TTL))
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    claimed = await session.execute(
+        dialect.insert(keys)
+        .values(user_id=owner_id, key=key, fingerprint=body_fingerprint, created_at=now)
+        .on_conflict_do_nothing(index_elements=["user_id", "key"])
+        .returning(k.key)
+    )
+    if claimed.one_or_none() is not None:
+        return None
+    row = (
+        await session.execute(
+            select(k.fingerprint, k.task_id, k.etag, k.response_body).where(k.user_id == owner_id, k.key == key)
+        )
+    ).one()
+    if row.fingerprint != body_fingerprint:
+        raise IdempotencyKeyReused("This Idempotency-Key was already used with a different request body.")
+    return StoredResponse(task_id=row.task_id, etag=row.etag, body=row.response_body.encode())
+
+
+async def remember(session: AsyncSession, owner_id: str, key: str, response: StoredResponse) -> None:
+    """Store the response of the request that claimed `key`, in the same transaction."""
+    await session.execute(
+        update(keys)
+        .where(k.user_id == owner_id, k.key == key)
+        .values(task_id=response.task_id, etag=response.etag, response_body=response.body.decode())
+    )
