@@ -91,7 +91,9 @@ class JWKSClient:
                 continue
             try:
                 key = jwt.PyJWK(entry).key
-            except jwt.PyJWTError:
+            except (jwt.PyJWTError, TypeError, ValueError):
+                # PyJWK raises TypeError for some malformed members (e.g. `"alg": [...]`); one bad
+                # entry must not take the whole key set down with it.
                 logger.warning("skipping unusable JWK (kty=%s)", entry.get("kty"))
                 continue
             algorithm = entry.get("alg")

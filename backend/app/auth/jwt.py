@@ -64,6 +64,9 @@ class TokenVerifier:
         return _subject(claims)
 
     async def _key_for(self, algorithm: Any, kid: Any) -> Any:
+        if not isinstance(algorithm, str):
+            # An unhashable `alg` (a list, an object) would crash the allow-list lookup below.
+            raise Unauthorized("The token's signing algorithm is not accepted.")
         if self._secret is not None and algorithm == self._hmac_algorithm:
             return self._secret
         if self._jwks is not None and algorithm in self._asymmetric_algorithms:
