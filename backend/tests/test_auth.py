@@ -6,6 +6,7 @@ to produce); the JWKS cases use a real HTTP server publishing real public keys.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -495,3 +496,15 @@ async def test_list_with_hs384_configured_accepts_only_hs384(database_url: str) 
     async with running_app(make_settings(database_url, JWT_ALGORITHM="HS384")) as app, http_client(app) as client:
         assert (await client.get("/api/tasks", headers=bearer(hs384))).status_code == 200
         assert_invalid_token(await client.get("/api/tasks", headers=bearer(hs256)), hs256)
+
+
+async def test_verified_token_cache_still_expires_at_exp(database_url: str) -> None:
+    # The second call is answered from the verified-token cache; it must still honour `exp`.
+    async with running_app(make_settings(database_url, JWT_LEEWAY=0)) as app, http_client(app) as client:
+        token = hs256_token(new_user(), exp_in=2)
+        assert (await client.get("/api/tasks", headers=bearer(token))).status_code == 200
+        assert (await client.get("/api/tasks", headers=bearer(token))).status_code == 200
+        await asyncio.sleep(2.5)
+        expired = await client.get("/api/tasks", headers=bearer(token))
+        assert expired.status_code == 401
+        assert "expired" in expired.json()["detail"]

@@ -9,6 +9,7 @@ with a public key can never pass.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Annotated, Any
 
 import jwt
@@ -24,6 +25,9 @@ logger = logging.getLogger("app.auth")
 
 # Real tokens are well under 2 KB; refuse to parse megabytes of attacker input.
 MAX_TOKEN_LENGTH = 8192
+# Verified tokens remembered (until their `exp`) so a client's repeated calls skip the signature
+# check; bounded, oldest first out. A frontend reuses one token for its 15 minutes.
+VERIFIED_CACHE_SIZE = 4096
 
 
 class TokenVerifier:
@@ -37,6 +41,8 @@ class TokenVerifier:
         self._issuer = settings.JWT_ISSUER
         self._audience = settings.JWT_AUDIENCE
         self._leeway = settings.JWT_LEEWAY
+        # token -> (user id, exp, kid of the JWKS key that verified it, None for the shared secret)
+        self._verified: dict[str, tuple[str, float, str | None]] = {}
 
     def describe(self) -> str:
         """The active verification modes, for the startup log (no secrets)."""
@@ -49,6 +55,13 @@ class TokenVerifier:
 
     async def user_id(self, token: str) -> str:
         """The verified token's user id (`sub`, else `user_id`); raises Unauthorized otherwise."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            user_id, exp, kid = cached
+            # A key withdrawn from the JWKS revokes its tokens, cached or not.
+            if time.time() < exp and (kid is None or await self._still_published(kid)):
+                return user_id
+            del self._verified[token]
         if len(token) > MAX_TOKEN_LENGTH:
             raise Unauthorized("The token is too large.")
         try:
@@ -61,7 +74,25 @@ class TokenVerifier:
         algorithm = header.get("alg")
         key = await self._key_for(algorithm, header.get("kid"))
         claims = self._decode(token, key, str(algorithm))
-        return _subject(claims)
+        user_id = _subject(claims)
+        self._remember(token, user_id, claims["exp"], None if key is self._secret else header.get("kid"))
+        return user_id
+
+    async def _still_published(self, kid: str) -> bool:
+        if self._jwks is None:
+            return False
+        try:
+            return await self._jwks.get_key(kid) is not None
+        except JWKSUnavailable:
+            return False
+
+    def _remember(self, token: str, user_id: str, exp: Any, kid: str | None) -> None:
+        if not isinstance(exp, int | float):
+            return
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]
+        # Without leeway: a cached token stops working exactly at its `exp`.
+        self._verified[token] = (user_id, float(exp), kid)
 
     async def _key_for(self, algorithm: Any, kid: Any) -> Any:
         if not isinstance(algorithm, str):
