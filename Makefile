@@ -15,6 +15,7 @@ help:
 	@echo "make token USER=alice   print a bearer token for user 'alice'"
 	@echo "make lint     ruff + mypy --strict"
 	@echo "make migrate  apply database migrations"
+	@echo "make openapi  regenerate specs/001-backend-core-api/contracts/openapi.yaml"
 
 $(STAMP): $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,3 +50,7 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) backend/data .pytest_cache backend/.pytest_cache
+
+# The API contract from the app (backend/tests/test_contract.py fails when the file is stale).
+openapi: $(STAMP)
+	cd backend && $(BIN)/python -m app.openapi_export

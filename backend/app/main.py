@@ -21,7 +21,7 @@ from app.errors import install_error_handlers
 from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware
 from app.routers import health, tasks
-from app.routers.responses import openapi_components
+from app.routers.responses import refine_openapi
 
 logger = logging.getLogger("app")
 
@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(openapi_components())
+            refine_openapi(schema)  # problem+json schemas, shared headers, `default` responses
             app.openapi_schema = schema
         return app.openapi_schema
 

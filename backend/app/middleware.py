@@ -13,7 +13,7 @@ from app.errors import problem_response
 
 access_log = logging.getLogger("app.access")
 # An incoming X-Request-ID is echoed only if it looks like an id, so logs cannot be forged with it.
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class _BodyTooLarge(Exception):
@@ -34,7 +34,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         headers = dict(scope["headers"])
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
         status = 500
         response_started = False
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from app.database import get_database
 from app.errors import ServiceUnavailable, is_database_unavailable
@@ -17,11 +17,20 @@ router = APIRouter(tags=["health"])
 class Health(BaseModel):
     """The service and its database are up."""
 
+    # Both members are always sent, so the response schema marks them required.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     status: Literal["ok"] = "ok"
     database: Literal["ok"] = "ok"
 
 
-@router.get("/health", operation_id="getHealth", summary="Health check", responses=problem_responses(503))
+@router.get(
+    "/health",
+    operation_id="getHealth",
+    summary="Health check",
+    response_description="The service and its database are up.",
+    responses=problem_responses(503),
+)
 async def health(request: Request) -> Health:
     """200 when the database answers, 503 problem+json when it does not."""
     try:

@@ -1,56 +1,195 @@
-"""OpenAPI descriptions of the problem+json error responses, shared by every router."""
+"""OpenAPI-only declarations: the problem+json error responses and headers every router shares, and
+`refine_openapi`, the finishing pass over the generated document. Nothing here changes runtime behaviour.
+"""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import PROBLEM_JSON
+from app.middleware import REQUEST_ID_PATTERN  # documented exactly as the middleware checks it
 
 
 class ValidationIssue(BaseModel):
     """One invalid input."""
 
-    loc: list[str | int] = Field(description="Where: body/query/path/header, then the field.")
-    msg: str
-    type: str
+    loc: list[str | int] = Field(
+        description="Where: body/query/path/header, then the field.", examples=[["body", "title"]]
+    )
+    msg: str = Field(examples=["must not be blank"])
+    type: str = Field(examples=["value_error"])
 
 
 class ProblemDetail(BaseModel):
-    """An RFC 9457 problem details object."""
+    """An RFC 9457 problem details object. Every member is always present (errors.problem_response)."""
 
-    type: str = Field(default="about:blank", examples=["about:blank"])
-    title: str = Field(examples=["Not Found"])
+    type: str = Field(
+        description="Always `about:blank`: the status code is the problem type.", examples=["about:blank"]
+    )
+    title: str = Field(description="The HTTP reason phrase.", examples=["Not Found"])
     status: int = Field(ge=400, le=599, examples=[404])
     detail: str = Field(examples=["No task with this id."])
-    errors: list[ValidationIssue] | None = Field(default=None, description="On 422 only.")
+
+
+class ValidationProblemDetail(ProblemDetail):
+    """The 422 problem: a ProblemDetail that lists every invalid input in `errors`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "about:blank",
+                    "title": "Unprocessable Entity",
+                    "status": 422,
+                    "detail": "The request is not valid; see `errors`.",
+                    "errors": [{"loc": ["body", "title"], "msg": "must not be blank", "type": "value_error"}],
+                }
+            ]
+        }
+    )
+
+    errors: list[ValidationIssue] = Field(min_length=1)
 
 
 _DESCRIPTIONS = {
+    400: "The body could not be decoded as JSON text (e.g. it is not valid UTF-8).",
     401: "Missing, malformed, expired or otherwise invalid bearer token.",
     403: "The task belongs to another user.",
     404: "No task with this id.",
     412: "If-Match did not match the task's current ETag; nothing was changed.",
-    413: "The request body is larger than 1 MiB.",
+    413: "The request body is larger than the server's limit (1 MiB by default).",
     422: "The request is not valid; `errors` lists each problem.",
     503: "The database (or the JWKS endpoint) is unreachable; retry after `Retry-After` seconds.",
 }
+# Headers a response of that code always carries (errors.Unauthorized, errors.ServiceUnavailable).
+_PROBLEM_HEADERS = {401: "WWW-Authenticate", 503: "Retry-After"}
+_DEFAULT_DESCRIPTION = "Any other error (e.g. 500 for an unexpected failure), also problem+json."
+
+_OPERATIONS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-ID": {
+        "description": "The client's X-Request-ID when it looks like an id, else a fresh one; also in the access log.",
+        "required": True,
+        "schema": {
+            "type": "string",
+            "pattern": REQUEST_ID_PATTERN.pattern,
+            "examples": ["5f0c6b1e9a2d4c7f8e3b2a1d0c9e8f7a"],
+        },
+    },
+    "ETag": {
+        "description": "Strong ETag of the task (its version); send it back as If-Match.",
+        "required": True,
+        "schema": {"type": "string", "pattern": '^"[0-9]+"$', "examples": ['"3"']},
+    },
+    "Location": {
+        "description": "Path of the new task.",
+        "required": True,
+        "schema": {
+            "type": "string",
+            "format": "uri-reference",
+            "examples": ["/api/tasks/0b5e9a4c-2f4e-4d7b-9a53-3c1f7f0a8e21"],
+        },
+    },
+    "WWW-Authenticate": {
+        "description": "The RFC 6750 bearer challenge; `error` is absent when no token was sent.",
+        "required": True,
+        "schema": {
+            "type": "string",
+            "examples": ['Bearer realm="tasks", error="invalid_token", error_description="The token has expired."'],
+        },
+    },
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0, "examples": [2]},
+    },
+}
 
 
-def openapi_components() -> dict[str, Any]:
-    """JSON schemas that `problem_responses` refers to, for the OpenAPI components section."""
-    schema = ProblemDetail.model_json_schema(ref_template="#/components/schemas/{model}")
-    definitions = schema.pop("$defs", {})
-    return {"ProblemDetail": schema, **definitions}
+def header_refs(*names: str) -> dict[str, dict[str, str]]:
+    """`headers` of a response: references to the shared header definitions."""
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
+
+
+def _schemas() -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    for model in (ProblemDetail, ValidationProblemDetail):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas
+
+
+def _ref(schema: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{schema}"}
+
+
+def _problem(
+    description: str, schema: str | dict[str, Any] = "ProblemDetail", headers: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": _ref(schema) if isinstance(schema, str) else schema}},
+    }
+    if headers:
+        response["headers"] = header_refs(*headers)
+    return response
 
 
 def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """`responses=` entries for the given error codes, all problem+json."""
+    """`responses=` entries for the given error codes, all problem+json (422 with `errors`)."""
     return {
-        code: {
-            "description": _DESCRIPTIONS[code],
-            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemDetail"}}},
-        }
+        code: _problem(
+            _DESCRIPTIONS[code],
+            "ValidationProblemDetail" if code == 422 else "ProblemDetail",
+            (_PROBLEM_HEADERS[code],) if code in _PROBLEM_HEADERS else (),
+        )
         for code in codes
     }
+
+
+def idempotency_key_reuse_422() -> dict[int | str, dict[str, Any]]:
+    """The 422 of a route with Idempotency-Key: invalid input (with `errors`) or a reused key (without)."""
+    description = (
+        "The request is not valid (`errors` lists each problem), or its Idempotency-Key was already used "
+        "with a different body (no `errors`)."
+    )
+    return {422: _problem(description, {"anyOf": [_ref("ValidationProblemDetail"), _ref("ProblemDetail")]})}
+
+
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    # A query or header parameter is absent or a string: it can never be JSON null, so
+    # `anyOf: [X, {type: null}]` (pydantic's `X | None`) would only mislead generated clients.
+    variants = schema.get("anyOf")
+    if not isinstance(variants, list):
+        return schema
+    kept = [variant for variant in variants if variant != {"type": "null"}]
+    if len(kept) != 1:
+        return schema
+    rest = {key: value for key, value in schema.items() if key != "anyOf"}
+    return {**kept[0], **rest}
+
+
+def refine_openapi(schema: dict[str, Any]) -> None:
+    """OpenAPI-only additions FastAPI cannot express per route; runtime behaviour is untouched.
+
+    Adds the problem+json schemas and shared headers, X-Request-ID on every response (the
+    middleware sets it on all of them), a problem+json `default` response on every operation,
+    and drops `null` from optional query/header parameters.
+    """
+    components = schema.setdefault("components", {})
+    components.setdefault("schemas", {}).update(_schemas())
+    components["headers"] = copy.deepcopy(HEADERS)
+    for path_item in schema.get("paths", {}).values():
+        for operation in (path_item[method] for method in _OPERATIONS if method in path_item):
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("default", _problem(_DEFAULT_DESCRIPTION))
+            for response in responses.values():
+                # A new dict: the router's `headers` may be a module constant shared by routes.
+                response["headers"] = {**response.get("headers", {}), **header_refs("X-Request-ID")}
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") in ("query", "header"):
+                    parameter["schema"] = _without_null(parameter["schema"])

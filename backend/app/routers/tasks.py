@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from app.auth.jwt import CurrentUser
 from app.database import DbSession
 from app.models.idempotency import IDEMPOTENCY_KEY_MAX
-from app.routers.responses import problem_responses
+from app.routers.responses import header_refs, idempotency_key_reuse_422, problem_responses
 from app.schemas.task import TaskCreate, TaskListQuery, TaskPage, TaskPatch, TaskRead, TaskReplace
 from app.services import idempotency
 from app.services import tasks as service
@@ -37,7 +37,7 @@ def _with_etag(response: Response, result: service.VersionedTask) -> TaskRead:
     return result.task
 
 
-_ETAG_HEADER: dict[str, Any] = {"ETag": {"description": "Strong ETag of the task.", "schema": {"type": "string"}}}
+_ETAG_HEADER: dict[str, Any] = header_refs("ETag")
 
 
 IdempotencyKeyHeader = Annotated[
@@ -60,19 +60,21 @@ IdempotencyKeyHeader = Annotated[
     status_code=status.HTTP_201_CREATED,
     response_model=TaskRead,
     operation_id="createTask",
+    response_description="The created task (or, with a replayed Idempotency-Key, the one created first).",
     summary="Create a task",
     responses={
         201: {
             "headers": {
                 **_ETAG_HEADER,
-                "Location": {"description": "URL of the new task.", "schema": {"type": "string"}},
+                **header_refs("Location"),
                 "Idempotent-Replayed": {
                     "description": "`true` when this is the stored response to an earlier request with the same key.",
                     "schema": {"type": "string", "enum": ["true"]},
                 },
             }
         },
-        **problem_responses(401, 413, 422, 503),
+        **problem_responses(400, 401, 413, 422, 503),
+        **idempotency_key_reuse_422(),
     },
 )
 async def create_task(
@@ -105,6 +107,7 @@ def _created(request: Request, stored: idempotency.StoredResponse, *, replayed: 
 @router.get(
     "",
     operation_id="listTasks",
+    response_description="One page of the matching tasks.",
     summary="List the caller's tasks",
     responses=problem_responses(401, 422, 503),
 )
@@ -116,6 +119,7 @@ async def list_tasks(query: Annotated[TaskListQuery, Query()], user: CurrentUser
 @router.get(
     "/{task_id}",
     operation_id="getTask",
+    response_description="The task.",
     name="get_task",
     summary="Get one task",
     responses={200: {"headers": _ETAG_HEADER}, **problem_responses(401, 403, 404, 422, 503)},
@@ -128,8 +132,9 @@ async def get_task(task_id: uuid.UUID, user: CurrentUser, session: DbSession, re
 @router.put(
     "/{task_id}",
     operation_id="replaceTask",
+    response_description="The task as replaced.",
     summary="Replace a task",
-    responses={200: {"headers": _ETAG_HEADER}, **problem_responses(401, 403, 404, 412, 413, 422, 503)},
+    responses={200: {"headers": _ETAG_HEADER}, **problem_responses(400, 401, 403, 404, 412, 413, 422, 503)},
 )
 async def replace_task(
     task_id: uuid.UUID,
@@ -147,8 +152,9 @@ async def replace_task(
 @router.patch(
     "/{task_id}",
     operation_id="updateTask",
+    response_description="The task as updated.",
     summary="Update some fields of a task",
-    responses={200: {"headers": _ETAG_HEADER}, **problem_responses(401, 403, 404, 412, 413, 422, 503)},
+    responses={200: {"headers": _ETAG_HEADER}, **problem_responses(400, 401, 403, 404, 412, 413, 422, 503)},
 )
 async def update_task(
     task_id: uuid.UUID,
@@ -167,6 +173,7 @@ async def update_task(
     "/{task_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     operation_id="deleteTask",
+    response_description="Deleted; no body.",
     summary="Delete a task",
     responses=problem_responses(401, 403, 404, 412, 422, 503),
 )

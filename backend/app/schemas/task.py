@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from app.models.task import DESCRIPTION_MAX, TITLE_MAX, TaskPriority, TaskStatus
+from app.models.task import DESCRIPTION_MAX, TITLE_MAX, USER_ID_MAX, TaskPriority, TaskStatus
 
 
 def _storable(value: str) -> str:
@@ -39,7 +39,7 @@ Title = Annotated[
     StringConstraints(strip_whitespace=True, max_length=TITLE_MAX),
     AfterValidator(_not_blank),
     AfterValidator(_storable),
-    Field(min_length=1, examples=["Write the launch post"]),
+    Field(min_length=1, description="Trimmed; 1-255 characters after trimming.", examples=["Write the launch post"]),
 ]
 Description = Annotated[
     str,
@@ -47,7 +47,13 @@ Description = Annotated[
     AfterValidator(_storable),
     Field(examples=["Draft, review with Sam, publish on Friday"]),
 ]
-UtcDateTime = Annotated[AwareDatetime, AfterValidator(_to_utc), Field(examples=["2026-12-01T17:00:00Z"])]
+UtcDateTime = Annotated[
+    AwareDatetime,
+    AfterValidator(_to_utc),
+    Field(
+        description="RFC 3339 with an offset (a naive time is a 422); stored in UTC.", examples=["2026-12-01T17:00:00Z"]
+    ),
+]
 
 _EXAMPLE_TASK: dict[str, Any] = {
     "id": "0b5e9a4c-2f4e-4d7b-9a53-3c1f7f0a8e21",
@@ -104,19 +110,27 @@ class TaskRead(BaseModel):
 
     model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [_EXAMPLE_TASK]})
 
+    # Limits here document what the table holds (json_schema_extra only: nothing is re-validated).
     id: uuid.UUID
-    title: str
-    description: str | None
+    title: str = Field(json_schema_extra={"minLength": 1, "maxLength": TITLE_MAX})
+    description: str | None = Field(json_schema_extra={"maxLength": DESCRIPTION_MAX})
     status: TaskStatus
     priority: TaskPriority
-    due_date: datetime | None
-    user_id: str
-    created_at: datetime
-    updated_at: datetime
+    due_date: datetime | None = Field(description="In UTC (`Z`); null when the task has none.")
+    user_id: str = Field(
+        description="The owner: the token's `sub` (else its `user_id` claim).",
+        json_schema_extra={"maxLength": USER_ID_MAX},
+    )
+    created_at: datetime = Field(description="In UTC (`Z`).")
+    updated_at: datetime = Field(description="In UTC (`Z`); changes on every write.")
 
 
 class TaskPage(BaseModel):
     """One page of the caller's tasks; `total` counts every match, not just this page."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [_EXAMPLE_TASK], "total": 1, "limit": 50, "offset": 0}]}
+    )
 
     items: list[TaskRead]
     total: int = Field(ge=0)

@@ -1,0 +1,279 @@
+"""The API contract (specs/001-backend-core-api/contracts/openapi.yaml).
+
+It is exactly what the app generates (`make openapi`), valid OpenAPI 3.1, precise about every
+response, and usable: TypeScript types generated from it with openapi-typescript type-check a
+small client (tests/contract/ts/client.ts), which stops compiling when the contract breaks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from openapi_spec_validator import validate
+
+from app.openapi_export import CONTRACT_PATH, contract, render
+
+TS_DIR = Path(__file__).resolve().parent / "contract" / "ts"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_SCHEMAS = ("ProblemDetail", "ValidationProblemDetail")
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, Any]:
+    """The committed contract."""
+    loaded: dict[str, Any] = yaml.safe_load(CONTRACT_PATH.read_text(encoding="utf-8"))
+    return loaded
+
+
+def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(path, method, operation) for every operation of the contract."""
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method in HTTP_METHODS:
+                yield path, method, operation
+
+
+# --- the file is the app's -------------------------------------------------------------------
+
+
+def test_export_matches_committed_contract() -> None:
+    expected = render(contract())
+    actual = CONTRACT_PATH.read_text(encoding="utf-8") if CONTRACT_PATH.exists() else ""
+    diff = "".join(difflib.unified_diff(actual.splitlines(True), expected.splitlines(True), "committed", "app", n=2))
+    assert actual == expected, f"the contract is stale: run `make openapi` and commit it\n{diff[:4000]}"
+
+
+def test_export_is_deterministic() -> None:
+    assert render(contract()) == render(contract())
+
+
+def test_validate_contract_passes(document: dict[str, Any]) -> None:
+    assert document["openapi"].startswith("3.1")
+    validate(document)  # raises on any violation of the OpenAPI 3.1 schema
+
+
+# --- the contract is precise -----------------------------------------------------------------
+
+
+def test_declare_operation_ids_for_every_route(document: dict[str, Any]) -> None:
+    ids = {(method, path): operation["operationId"] for path, method, operation in operations(document)}
+    assert ids == {
+        ("get", "/health"): "getHealth",
+        ("get", "/api/tasks"): "listTasks",
+        ("post", "/api/tasks"): "createTask",
+        ("get", "/api/tasks/{task_id}"): "getTask",
+        ("put", "/api/tasks/{task_id}"): "replaceTask",
+        ("patch", "/api/tasks/{task_id}"): "updateTask",
+        ("delete", "/api/tasks/{task_id}"): "deleteTask",
+    }
+
+
+def test_declare_errors_as_problem_json(document: dict[str, Any]) -> None:
+    for path, method, operation in operations(document):
+        responses = operation["responses"]
+        assert "default" in responses, (method, path)
+        for code, response in responses.items():
+            headers = response["headers"]
+            assert headers["X-Request-ID"] == {"$ref": "#/components/headers/X-Request-ID"}, (method, path, code)
+            if code != "default" and int(code) < 400:
+                continue
+            assert list(response["content"]) == [PROBLEM_JSON], (method, path, code)
+            problem, invalid = ({"$ref": f"#/components/schemas/{name}"} for name in PROBLEM_SCHEMAS)
+            expected: dict[str, Any] = invalid if code == "422" else problem
+            if code == "422" and operation["operationId"] == "createTask":
+                expected = {"anyOf": [invalid, problem]}  # ... or a reused Idempotency-Key: no `errors`
+            assert response["content"][PROBLEM_JSON]["schema"] == expected, (method, path, code)
+            if code == "401":
+                assert "WWW-Authenticate" in headers
+            if code == "503":
+                assert "Retry-After" in headers
+
+
+def test_declare_error_codes_per_route(document: dict[str, Any]) -> None:
+    codes = {(method, path): set(operation["responses"]) for path, method, operation in operations(document)}
+    item, collection = "/api/tasks/{task_id}", "/api/tasks"
+    assert codes[("get", "/health")] == {"200", "503", "default"}
+    assert codes[("get", collection)] == {"200", "401", "422", "503", "default"}
+    assert codes[("post", collection)] == {"201", "400", "401", "413", "422", "503", "default"}
+    assert codes[("get", item)] == {"200", "401", "403", "404", "422", "503", "default"}
+    assert codes[("put", item)] == {"200", "400", "401", "403", "404", "412", "413", "422", "503", "default"}
+    assert codes[("patch", item)] == {"200", "400", "401", "403", "404", "412", "413", "422", "503", "default"}
+    assert codes[("delete", item)] == {"204", "401", "403", "404", "412", "422", "503", "default"}
+
+
+def test_declare_success_bodies_and_headers(document: dict[str, Any]) -> None:
+    paths = document["paths"]
+    created = paths["/api/tasks"]["post"]["responses"]["201"]
+    assert created["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/TaskRead"}
+    assert {"ETag", "Location"} <= set(created["headers"])
+    for method in ("get", "put", "patch"):
+        assert "ETag" in paths["/api/tasks/{task_id}"][method]["responses"]["200"]["headers"]
+    assert "content" not in paths["/api/tasks/{task_id}"]["delete"]["responses"]["204"]
+    headers = document["components"]["headers"]
+    assert headers["ETag"]["schema"]["pattern"] == '^"[0-9]+"$'
+    assert headers["Retry-After"]["schema"]["type"] == "integer"
+
+
+def test_declare_bearer_security_on_api_routes(document: dict[str, Any]) -> None:
+    scheme = document["components"]["securitySchemes"]["BearerAuth"]
+    assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
+    for path, method, operation in operations(document):
+        expected: list[dict[str, list[str]]] | None = [{"BearerAuth": []}] if path.startswith("/api/") else None
+        assert operation.get("security") == expected, (method, path)
+
+
+def test_declare_schema_formats_limits_and_enums(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    read = schemas["TaskRead"]["properties"]
+    assert read["id"]["format"] == "uuid"
+    assert read["created_at"]["format"] == read["updated_at"]["format"] == "date-time"
+    assert schemas["TaskStatus"]["enum"] == ["pending", "in_progress", "completed"]
+    assert schemas["TaskPriority"]["enum"] == ["low", "medium", "high"]
+    create = schemas["TaskCreate"]
+    assert create["required"] == ["title"] and create["additionalProperties"] is False
+    assert (create["properties"]["title"]["minLength"], create["properties"]["title"]["maxLength"]) == (1, 255)
+    assert create["properties"]["description"]["anyOf"][0]["maxLength"] == 10_000
+    assert create["properties"]["due_date"]["anyOf"][0]["format"] == "date-time"
+    page = schemas["TaskPage"]["properties"]
+    assert (page["limit"]["minimum"], page["limit"]["maximum"]) == (1, 100)
+    params = {p["name"]: p["schema"] for p in document["paths"]["/api/tasks"]["get"]["parameters"]}
+    assert (params["limit"]["minimum"], params["limit"]["maximum"], params["limit"]["default"]) == (1, 100, 50)
+    assert params["q"]["maxLength"] == 200
+    assert params["sort"]["$ref"] == "#/components/schemas/TaskSort"
+    for name in ("TaskCreate", "TaskPatch", "TaskRead", "TaskPage", "ValidationProblemDetail"):
+        assert schemas[name]["examples"], name
+
+
+def test_declare_nullability_as_the_app_accepts_it(document: dict[str, Any]) -> None:
+    patch = document["components"]["schemas"]["TaskPatch"]["properties"]
+    # PATCH: title/status/priority may be left out but never null; description/due_date may be null.
+    assert patch["title"]["type"] == "string"
+    assert "$ref" in patch["status"] and "$ref" in patch["priority"]
+    assert {"type": "null"} in patch["description"]["anyOf"] and {"type": "null"} in patch["due_date"]["anyOf"]
+    # A query or header parameter is absent or a string, never JSON null.
+    for path, method, operation in operations(document):
+        for parameter in operation.get("parameters", []):
+            assert "anyOf" not in parameter["schema"], (method, path, parameter["name"])
+    problem = document["components"]["schemas"]["ValidationProblemDetail"]
+    assert set(problem["required"]) == {"type", "title", "status", "detail", "errors"}
+
+
+# --- a TypeScript client type-checks against it ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class TypeScriptTools:
+    """The pinned openapi-typescript and tsc of tests/contract/ts."""
+
+    node: str
+
+    def generate(self, contract_file: Path, output: Path) -> None:
+        # --default-non-nullable=false: a request field with a default (status, priority) stays optional.
+        cli = TS_DIR / "node_modules" / "openapi-typescript" / "bin" / "cli.js"
+        args = [self.node, str(cli), str(contract_file), "-o", str(output), "--default-non-nullable=false"]
+        subprocess.run(args, check=True, capture_output=True, text=True, timeout=120)
+
+    def typecheck(self, contract_file: Path, workdir: Path) -> subprocess.CompletedProcess[str]:
+        """Generate api.d.ts from `contract_file` next to a copy of the client, then run tsc on it."""
+        for name in ("client.ts", "tsconfig.json"):
+            shutil.copy(TS_DIR / name, workdir / name)
+        self.generate(contract_file, workdir / "api.d.ts")
+        tsc = TS_DIR / "node_modules" / "typescript" / "bin" / "tsc"
+        args = [self.node, str(tsc), "-p", str(workdir / "tsconfig.json"), "--pretty", "false"]
+        return subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+
+
+def _installed_as_pinned() -> bool:
+    wanted: dict[str, str] = json.loads((TS_DIR / "package.json").read_text())["devDependencies"]
+    for name, version in wanted.items():
+        manifest = TS_DIR / "node_modules" / name / "package.json"
+        if not manifest.exists() or json.loads(manifest.read_text())["version"] != version:
+            return False
+    return True
+
+
+def ensure_installed(npm: str) -> None:
+    """`npm ci` when node_modules is missing or not the pinned versions (the betterauth harness's pattern).
+
+    A file lock serialises concurrent callers; `--prefer-offline` reuses the npm cache.
+    """
+    if _installed_as_pinned():
+        return
+    with (Path(tempfile.gettempdir()) / "task-api-contract-npm.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _installed_as_pinned():
+            return
+        args = [npm, "ci", "--no-audit", "--no-fund", "--prefer-offline", "--loglevel=error"]
+        subprocess.run(args, cwd=TS_DIR, check=True, stdout=subprocess.DEVNULL, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def typescript() -> TypeScriptTools:
+    """The tools, installed when missing; without Node the tests skip, except in CI where they fail."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        if IN_CI:
+            pytest.fail("node/npm not found and CI=true: the TypeScript contract check must run in CI")
+        pytest.skip("node/npm not found")
+    ensure_installed(npm)
+    return TypeScriptTools(node)
+
+
+def test_typecheck_client_passes(typescript: TypeScriptTools, tmp_path: Path) -> None:
+    result = typescript.typecheck(CONTRACT_PATH, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _rename_task_field(document: dict[str, Any]) -> None:
+    task = document["components"]["schemas"]["TaskRead"]
+    task["properties"]["due_at"] = task["properties"].pop("due_date")
+    task["required"] = ["due_at" if name == "due_date" else name for name in task["required"]]
+
+
+def _allow_null_patch_title(document: dict[str, Any]) -> None:
+    title = document["components"]["schemas"]["TaskPatch"]["properties"]["title"]
+    document["components"]["schemas"]["TaskPatch"]["properties"]["title"] = {"anyOf": [title, {"type": "null"}]}
+
+
+def _drop_status_value(document: dict[str, Any]) -> None:
+    document["components"]["schemas"]["TaskStatus"]["enum"].remove("in_progress")
+
+
+def _remove_patch_route(document: dict[str, Any]) -> None:
+    del document["paths"]["/api/tasks/{task_id}"]["patch"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "symptom"),
+    [
+        (_rename_task_field, "'due_date' does not exist"),
+        (_allow_null_patch_title, "Unused '@ts-expect-error' directive"),
+        (_drop_status_value, '"in_progress"'),
+        (_remove_patch_route, "'requestBody' does not exist"),
+    ],
+    ids=["renamed_field", "nullable_patch_title", "removed_enum_value", "removed_route"],
+)
+def test_typecheck_client_fails_on_breaking_change(
+    typescript: TypeScriptTools, tmp_path: Path, mutate: Callable[[dict[str, Any]], None], symptom: str
+) -> None:
+    document = yaml.safe_load(CONTRACT_PATH.read_text(encoding="utf-8"))
+    mutate(document)
+    broken = tmp_path / "openapi.yaml"
+    broken.write_text(yaml.safe_dump(document), encoding="utf-8")
+    result = typescript.typecheck(broken, tmp_path)
+    assert result.returncode != 0, "tsc accepted the client against a broken contract"
+    assert symptom in result.stdout, result.stdout
