@@ -82,6 +82,9 @@ class Settings(DatabaseSettings):
     PORT: int = Field(default=8000, ge=1, le=65535)
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     MAX_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)
+    # Serving (python -m app.serve): worker processes, and the proxies trusted for X-Forwarded-*.
+    WEB_CONCURRENCY: int = Field(default=1, ge=1, le=64)
+    FORWARDED_ALLOW_IPS: str = "127.0.0.1"
 
     @field_validator("CORS_ORIGINS", "JWT_ALGORITHMS", mode="before")
     @classmethod

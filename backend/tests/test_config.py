@@ -35,6 +35,7 @@ def start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ({"JWT_SECRET": GOOD_SECRET, "PORT": "not-a-port-xyz"}, "PORT", "not-a-port-xyz"),
         ({"JWT_SECRET": GOOD_SECRET, "JWT_ALGORITHM": "none"}, "JWT_ALGORITHM", None),
         ({"JWT_SECRET": GOOD_SECRET, "LOG_LEVEL": "chatty-level"}, "LOG_LEVEL", "chatty-level"),
+        ({"JWT_SECRET": GOOD_SECRET, "WEB_CONCURRENCY": "lots-of-workers"}, "WEB_CONCURRENCY", "lots-of-workers"),
         (
             {"JWT_SECRET": GOOD_SECRET, "JWT_ALGORITHMS": "EdDSA,HS256", "JWT_JWKS_URL": "http://x/jwks"},
             "JWT_ALGORITHMS",

@@ -141,6 +141,7 @@ async def test_list_limit_bounds(client: httpx.AsyncClient, seeded: dict[str, st
         {"sort": "--title"},
         {"due_before": "yesterday"},
         {"due_after": "2026-12-01T00:00:00"},
+        {"due_before": "0001-01-01T00:00:00+05:00"},
         {"q": ""},
         {"q": "x" * 201},
         {"unknown": "1"},

@@ -93,6 +93,8 @@ async def test_create_task_defaults(client: httpx.AsyncClient) -> None:
         ({"title": "ok", "id": str(uuid.uuid4())}, ["body", "id"]),
         ({"title": "ok", "created_at": "2026-01-01T00:00:00Z"}, ["body", "created_at"]),
         ({"title": "nul\u0000byte"}, ["body", "title"]),
+        ({"title": "ok", "due_date": "0001-01-01T00:00:00+01:00"}, ["body", "due_date"]),
+        ({"title": "ok", "due_date": "9999-12-31T23:59:59-01:00"}, ["body", "due_date"]),
     ],
 )
 async def test_create_task_invalid_is_422_naming_the_field(

@@ -31,7 +31,10 @@ def _not_blank(value: str) -> str:
 
 
 def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise ValueError("is out of range once converted to UTC") from None
 
 
 Title = Annotated[
