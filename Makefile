@@ -7,12 +7,13 @@ LOCK := backend/requirements-dev.lock
 STAMP := $(VENV)/.installed
 USER ?= demo
 
-.PHONY: help install run migrate token test lint format bench openapi clean
+.PHONY: help install run migrate token test test-pooler lint format bench openapi clean
 
 help:
 	@echo "make run      install, migrate, serve on http://127.0.0.1:8000"
 	@echo "make test     the test suite (SQLite, plus PostgreSQL when reachable)"
 	@echo "make token USER=alice   print a bearer token for user 'alice'"
+	@echo "make test-pooler   the PostgreSQL tests again through a local PgBouncer with TLS"
 	@echo "make lint     ruff + mypy --strict"
 	@echo "make migrate  apply database migrations"
 	@echo "make openapi  regenerate specs/001-backend-core-api/contracts/openapi.yaml"
@@ -41,6 +42,11 @@ token: $(STAMP) .env
 
 test: $(STAMP)
 	cd backend && $(BIN)/pytest
+
+# The PostgreSQL half of the suite again, through a local Neon-style pooler (PgBouncer, transaction
+# mode, TLS; scripts/pgbouncer installs and starts it).
+test-pooler: $(STAMP)
+	cd backend && TEST_DATABASE=pooler $(BIN)/pytest -k "not sqlite"
 
 lint: $(STAMP)
 	cd backend && $(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

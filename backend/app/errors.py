@@ -118,10 +118,20 @@ async def _on_http(_: Request, exc: Exception) -> Response:
     return problem_response(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
 
 
+# SQLSTATEs that say the server cannot serve us now: connection exceptions (08, e.g. PgBouncer's
+# "SSL required"), authorization at connect time (28), too many connections, shutting down or
+# starting up (57P01-57P03, e.g. crash recovery).
+_UNAVAILABLE_SQLSTATES = ("08", "28", "53300", "57P01", "57P02", "57P03")
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
     """True for errors that mean "cannot reach the database", as opposed to a bug in a query."""
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+            return True
     return isinstance(
         exc,
         sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError | OSError | TimeoutError,

@@ -72,7 +72,13 @@ async def postgres_database() -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    """A migrated database of each kind for the whole run."""
+    """A migrated database of each kind for the whole run.
+
+    TEST_DATABASE=pooler routes the PostgreSQL run through the local Neon-style pooler
+    (scripts/pgbouncer: PgBouncer, transaction mode, TLS): a fresh database migrated through the
+    direct URL, used through a pooled URL in Neon's shape (tests/pooler.py). A pooler that does not
+    start then fails the run.
+    """
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'tasks.db'}"
         await asyncio.to_thread(migrate, url)
@@ -82,6 +88,13 @@ async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
         if IN_CI:
             pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL.split('@')[-1]} and CI=true")
         pytest.skip("PostgreSQL is not reachable")
+    if TEST_THROUGH_POOLER:
+        from tests.pooler import pooled_database, pooler_running
+
+        with pooler_running(required=True) as pooler:
+            async with pooled_database(pooler, PG_ADMIN_URL) as pooled:
+                yield pooled.url
+        return
     async with postgres_database() as url:
         yield url
 
@@ -132,3 +145,7 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 def settings_factory(database_url: str) -> Callable[..., Settings]:
     """Build settings on the session's database with overrides."""
     return lambda **overrides: make_settings(database_url, **overrides)
+
+
+# TEST_DATABASE=pooler: the `postgresql` database_url goes through the local PgBouncer (see above).
+TEST_THROUGH_POOLER = os.environ.get("TEST_DATABASE", "").lower() == "pooler"

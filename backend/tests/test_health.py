@@ -43,7 +43,10 @@ async def test_database_down_gives_503_then_recovers(database_url: str, backend:
     parts = urlsplit(database_url)
     proxy = TCPProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
     await proxy.start()
-    proxied = database_url.replace(parts.netloc, f"{parts.username}@127.0.0.1:{proxy.port}")
+    credentials = f"{parts.username}:{parts.password}" if parts.password else f"{parts.username}"
+    proxied = database_url.replace(parts.netloc, f"{credentials}@127.0.0.1:{proxy.port}")
+    if parts.port == 6432:  # TEST_DATABASE=pooler: the proxy port hides that a pooler is behind it
+        proxied += "&pgbouncer=true"
     settings = make_settings(proxied, DB_CONNECT_TIMEOUT=1.5)
     user = auth(new_user())
     try:

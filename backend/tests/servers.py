@@ -1,0 +1,148 @@
+"""Real API server processes for tests: `python -m app.serve` (uvicorn) on a free 127.0.0.1 port.
+
+Each server runs in its own process group with stdout/stderr in a log file, so a test can read what
+the server logged (errors, access lines) and the teardown can end the server and its workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from tests.support import SECRET
+
+BACKEND_DIR = Path(__file__).resolve().parents[1]
+# Passed through to the server so it finds the venv's tools and locale; nothing else leaks in.
+_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class APIServer:
+    """The API as production runs it: uvicorn via `python -m app.serve`, `workers` processes."""
+
+    def __init__(
+        self,
+        database_url: str,
+        log_path: Path,
+        *,
+        workers: int = 1,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.workers = workers
+        self.env = {name: os.environ[name] for name in _INHERITED if name in os.environ}
+        self.env.update(
+            {
+                "ENV_FILE": os.devnull,  # never the developer's .env
+                "DATABASE_URL": database_url,
+                "JWT_SECRET": SECRET,
+                "HOST": "127.0.0.1",
+                "PORT": str(self.port),
+                "WEB_CONCURRENCY": str(workers),
+                "LOG_LEVEL": "INFO",
+                "PYTHONUNBUFFERED": "1",
+                **(settings or {}),
+            }
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, timeout: float = 30.0) -> None:
+        """Start the server and wait until `/health` answers (200 or 503) or fail with its log."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app.serve"],
+                cwd=BACKEND_DIR,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() ends the workers too
+            )
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the API server exited with {self.process.returncode}:\n{self.log_tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(f"{self.url}/health").status_code in (200, 503):
+                        return
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the API server did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self, *, timeout: float = 15.0) -> None:
+        """SIGTERM the process group (graceful), SIGKILL it if it is still there after `timeout`."""
+        process = self.process
+        if process is None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
+            try:
+                process.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # Workers left behind in the group (the parent died first) get the same treatment.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        self.process = None
+
+    @property
+    def running(self) -> bool:
+        """True while the server's main process is alive."""
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        """Everything the server wrote so far (JSON log lines on stderr)."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the log, for failure messages."""
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def __enter__(self) -> APIServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def api_servers(
+    database_url: str, log_dir: Path, count: int, *, workers: int = 1, settings: Mapping[str, str] | None = None
+) -> Iterator[list[APIServer]]:
+    """`count` independent API servers on one database, all stopped afterwards even on failure."""
+    servers = [
+        APIServer(database_url, log_dir / f"api-{index}.log", workers=workers, settings=settings)
+        for index in range(count)
+    ]
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
