@@ -157,3 +157,23 @@ async def test_scale_out_listing_is_the_same_on_both_processes(
     everything = (await a.get("/api/tasks", headers=auth(user))).json()
     assert everything["total"] == 7
     assert [t["id"] for t in everything["items"]] == ids[:0:-1]  # newest first, the deleted one gone
+
+
+async def test_scale_out_idempotency_key_holds_across_processes(
+    clients: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    a, b = clients
+    user = new_user()
+    headers = {**auth(user), "Idempotency-Key": f"scale-out-{new_user()}"}
+    # The same keyed POST sent concurrently to both processes, as a client retrying through a load balancer.
+    responses = await asyncio.gather(
+        *(client.post("/api/tasks", json={"title": "exactly once"}, headers=headers) for client in (a, b, a, b, a, b))
+    )
+    for response in responses:
+        assert_status(response, 201)
+    assert len({response.json()["id"] for response in responses}) == 1
+    assert sum(response.headers.get("idempotent-replayed") == "true" for response in responses) == 5
+    for client in (a, b):
+        assert (await client.get("/api/tasks", headers=auth(user))).json()["total"] == 1
+    reused = await b.post("/api/tasks", json={"title": "another body"}, headers=headers)
+    assert_status(reused, 422)
