@@ -16,6 +16,7 @@ help:
 	@echo "make test-pooler   the PostgreSQL tests again through a local PgBouncer with TLS"
 	@echo "make lint     ruff + mypy --strict"
 	@echo "make migrate  apply database migrations"
+	@echo "make bench    benchmark against a hand-written asyncpg baseline (bench/README.md)"
 	@echo "make openapi  regenerate specs/001-backend-core-api/contracts/openapi.yaml"
 
 $(STAMP): $(LOCK)
@@ -49,10 +50,16 @@ test-pooler: $(STAMP)
 	cd backend && TEST_DATABASE=pooler $(BIN)/pytest -k "not sqlite"
 
 lint: $(STAMP)
-	cd backend && $(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+	cd backend && $(BIN)/ruff check . ../bench && $(BIN)/ruff format --check . ../bench && $(BIN)/mypy
+	cd bench && $(BIN)/mypy --strict --config-file ../backend/pyproject.toml run.py taskbench baseline
 
 format: $(STAMP)
-	cd backend && $(BIN)/ruff format . && $(BIN)/ruff check --fix .
+	cd backend && $(BIN)/ruff format . ../bench && $(BIN)/ruff check --fix . ../bench
+
+# The benchmark (bench/README.md): our app vs a hand-written asyncpg baseline under wrk, on the
+# local PostgreSQL. SOAK=300 adds a 5-minute soak.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) backend/data .pytest_cache backend/.pytest_cache

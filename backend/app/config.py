@@ -42,7 +42,9 @@ class DatabaseSettings(BaseSettings):
     # Optional direct (non-pooled) URL for migrations when DATABASE_URL is a PgBouncer/Neon pooler URL.
     DATABASE_URL_DIRECT: SecretStr | None = None
     DB_POOL_SIZE: int = Field(default=10, ge=1, le=200)
-    DB_MAX_OVERFLOW: int = Field(default=10, ge=0, le=200)
+    # Overflow connections are opened and closed under load (connection churn, TLS handshakes):
+    # off by default; requests queue fairly for the pool instead.
+    DB_MAX_OVERFLOW: int = Field(default=0, ge=0, le=200)
     # Seconds to wait for a pooled connection or a new connection before answering 503.
     DB_CONNECT_TIMEOUT: float = Field(default=3.0, gt=0, le=60)
 

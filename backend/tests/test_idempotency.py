@@ -89,9 +89,9 @@ async def test_idempotency_key_expires_after_24_hours(client: httpx.AsyncClient,
     headers, key = auth(user), str(uuid.uuid4())
     first = await client.post("/api/tasks", json={"title": "daily"}, headers=keyed(headers, key))
     database: Database = app.state.database
-    async with database.sessionmaker.begin() as session:
+    async with database.engine.begin() as connection:
         # Age the stored key as 25 hours would.
-        await session.execute(
+        await connection.execute(
             update(keys)
             .where(keys.c.user_id == user, keys.c.key == key)
             .values(created_at=datetime.now(UTC) - timedelta(hours=25))

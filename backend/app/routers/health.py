@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
-from app.database import get_database
+from app.database import Db
 from app.errors import ServiceUnavailable, is_database_unavailable
 from app.routers.responses import problem_responses
 
@@ -31,10 +31,10 @@ class Health(BaseModel):
     response_description="The service and its database are up.",
     responses=problem_responses(503),
 )
-async def health(request: Request) -> Health:
+async def health(db: Db) -> Health:
     """200 when the database answers, 503 problem+json when it does not."""
     try:
-        await get_database(request).ping()
+        await db.ping()
     except Exception as exc:
         if not is_database_unavailable(exc):
             raise

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from app.auth.jwt import CurrentUser
-from app.database import DbSession
+from app.database import Db
 from app.models.idempotency import IDEMPOTENCY_KEY_MAX
 from app.routers.responses import header_refs, idempotency_key_reuse_422, problem_responses
 from app.schemas.task import TaskCreate, TaskListQuery, TaskPage, TaskPatch, TaskRead, TaskReplace
@@ -32,9 +32,9 @@ def _if_match(value: str | None) -> list[str] | None:
     return [tag.strip() for tag in value.split(",") if tag.strip()]
 
 
-def _with_etag(response: Response, result: service.VersionedTask) -> TaskRead:
-    response.headers["ETag"] = result.etag
-    return result.task
+def _task_response(result: service.VersionedTask) -> Response:
+    # The service already produced TaskRead's exact JSON: send it as is, with the ETag.
+    return Response(result.body, headers={"ETag": result.etag}, media_type="application/json")
 
 
 _ETAG_HEADER: dict[str, Any] = header_refs("ETag")
@@ -80,20 +80,21 @@ IdempotencyKeyHeader = Annotated[
 async def create_task(
     body: TaskCreate,
     user: CurrentUser,
-    session: DbSession,
+    db: Db,
     request: Request,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Create a task owned by the caller."""
-    if idempotency_key is not None:
-        body_fingerprint = idempotency.fingerprint(body.model_dump(mode="json"))
-        stored = await idempotency.claim(session, user, idempotency_key, body_fingerprint)
-        if stored is not None:
-            return _created(request, stored, replayed=True)
-    result = await service.create_task(session, user, body)
-    response = idempotency.StoredResponse(result.task.id, result.etag, result.task.model_dump_json().encode())
-    if idempotency_key is not None:
-        await idempotency.remember(session, user, idempotency_key, response)
+    async with db.transaction() as conn:
+        if idempotency_key is not None:
+            body_fingerprint = idempotency.fingerprint(body.model_dump(mode="json"))
+            stored = await idempotency.claim(conn, user, idempotency_key, body_fingerprint)
+            if stored is not None:
+                return _created(request, stored, replayed=True)
+        result = await service.create_task(conn, user, body)
+        response = idempotency.StoredResponse(result.id, result.etag, result.body)
+        if idempotency_key is not None:
+            await idempotency.remember(conn, user, idempotency_key, response)
     return _created(request, response, replayed=False)
 
 
@@ -109,11 +110,14 @@ def _created(request: Request, stored: idempotency.StoredResponse, *, replayed: 
     operation_id="listTasks",
     response_description="One page of the matching tasks.",
     summary="List the caller's tasks",
+    response_model=TaskPage,
     responses=problem_responses(401, 422, 503),
 )
-async def list_tasks(query: Annotated[TaskListQuery, Query()], user: CurrentUser, session: DbSession) -> TaskPage:
+async def list_tasks(query: Annotated[TaskListQuery, Query()], user: CurrentUser, db: Db) -> Response:
     """Filter, search, sort and page through the caller's tasks."""
-    return await service.list_tasks(session, user, query)
+    async with db.reader() as conn:
+        page = await service.list_tasks(conn, user, query)
+    return Response(page, media_type="application/json")
 
 
 @router.get(
@@ -122,11 +126,14 @@ async def list_tasks(query: Annotated[TaskListQuery, Query()], user: CurrentUser
     response_description="The task.",
     name="get_task",
     summary="Get one task",
+    response_model=TaskRead,
     responses={200: {"headers": _ETAG_HEADER}, **problem_responses(401, 403, 404, 422, 503)},
 )
-async def get_task(task_id: uuid.UUID, user: CurrentUser, session: DbSession, response: Response) -> TaskRead:
+async def get_task(task_id: uuid.UUID, user: CurrentUser, db: Db) -> Response:
     """One of the caller's tasks."""
-    return _with_etag(response, await service.get_task(session, user, task_id))
+    async with db.reader() as conn:
+        task = await service.get_task(conn, user, task_id)
+    return _task_response(task)
 
 
 @router.put(
@@ -134,19 +141,20 @@ async def get_task(task_id: uuid.UUID, user: CurrentUser, session: DbSession, re
     operation_id="replaceTask",
     response_description="The task as replaced.",
     summary="Replace a task",
+    response_model=TaskRead,
     responses={200: {"headers": _ETAG_HEADER}, **problem_responses(400, 401, 403, 404, 412, 413, 422, 503)},
 )
 async def replace_task(
     task_id: uuid.UUID,
     body: TaskReplace,
     user: CurrentUser,
-    session: DbSession,
-    response: Response,
+    db: Db,
     if_match: IfMatch = None,
-) -> TaskRead:
+) -> Response:
     """Replace every field; omitted optional fields go back to their defaults."""
-    result = await service.update_task(session, user, task_id, body.model_dump(), _if_match(if_match))
-    return _with_etag(response, result)
+    async with db.transaction() as conn:
+        task = await service.update_task(conn, user, task_id, body.model_dump(), _if_match(if_match))
+    return _task_response(task)
 
 
 @router.patch(
@@ -154,19 +162,20 @@ async def replace_task(
     operation_id="updateTask",
     response_description="The task as updated.",
     summary="Update some fields of a task",
+    response_model=TaskRead,
     responses={200: {"headers": _ETAG_HEADER}, **problem_responses(400, 401, 403, 404, 412, 413, 422, 503)},
 )
 async def update_task(
     task_id: uuid.UUID,
     body: TaskPatch,
     user: CurrentUser,
-    session: DbSession,
-    response: Response,
+    db: Db,
     if_match: IfMatch = None,
-) -> TaskRead:
+) -> Response:
     """Change only the fields given; `null` clears description or due_date."""
-    result = await service.update_task(session, user, task_id, body.changes(), _if_match(if_match))
-    return _with_etag(response, result)
+    async with db.transaction() as conn:
+        task = await service.update_task(conn, user, task_id, body.changes(), _if_match(if_match))
+    return _task_response(task)
 
 
 @router.delete(
@@ -177,7 +186,8 @@ async def update_task(
     summary="Delete a task",
     responses=problem_responses(401, 403, 404, 412, 422, 503),
 )
-async def delete_task(task_id: uuid.UUID, user: CurrentUser, session: DbSession, if_match: IfMatch = None) -> Response:
+async def delete_task(task_id: uuid.UUID, user: CurrentUser, db: Db, if_match: IfMatch = None) -> Response:
     """Delete one of the caller's tasks."""
-    await service.delete_task(session, user, task_id, _if_match(if_match))
+    async with db.transaction() as conn:
+        await service.delete_task(conn, user, task_id, _if_match(if_match))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.errors import Problem
 from app.models.idempotency import IdempotencyKey
@@ -46,13 +46,13 @@ def fingerprint(body: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-async def claim(session: AsyncSession, owner_id: str, key: str, body_fingerprint: str) -> StoredResponse | None:
+async def claim(conn: AsyncConnection, owner_id: str, key: str, body_fingerprint: str) -> StoredResponse | None:
     """Claim `key` for this request (None: go ahead and create), or the response to replay."""
     now = datetime.now(UTC)
     # Expired keys of this owner are forgotten first, so a key can be reused after 24 h.
-    await session.execute(delete(keys).where(k.user_id == owner_id, k.created_at < now - KEY_TTL))
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    claimed = await session.execute(
+    await conn.execute(delete(keys).where(k.user_id == owner_id, k.created_at < now - KEY_TTL))
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    claimed = await conn.execute(
         dialect.insert(keys)
         .values(user_id=owner_id, key=key, fingerprint=body_fingerprint, created_at=now)
         .on_conflict_do_nothing(index_elements=["user_id", "key"])
@@ -61,7 +61,7 @@ async def claim(session: AsyncSession, owner_id: str, key: str, body_fingerprint
     if claimed.one_or_none() is not None:
         return None
     row = (
-        await session.execute(
+        await conn.execute(
             select(k.fingerprint, k.task_id, k.etag, k.response_body).where(k.user_id == owner_id, k.key == key)
         )
     ).one()
@@ -70,9 +70,9 @@ async def claim(session: AsyncSession, owner_id: str, key: str, body_fingerprint
     return StoredResponse(task_id=row.task_id, etag=row.etag, body=row.response_body.encode())
 
 
-async def remember(session: AsyncSession, owner_id: str, key: str, response: StoredResponse) -> None:
+async def remember(conn: AsyncConnection, owner_id: str, key: str, response: StoredResponse) -> None:
     """Store the response of the request that claimed `key`, in the same transaction."""
-    await session.execute(
+    await conn.execute(
         update(keys)
         .where(k.user_id == owner_id, k.key == key)
         .values(task_id=response.task_id, etag=response.etag, response_body=response.body.decode())
