@@ -1,0 +1,244 @@
+"""Database setup for the benchmark: create, migrate, seed, reset, EXPLAIN."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from taskbench.config import BACKEND_DIR, VENV_BIN
+
+USERS = 1_000
+TASKS_PER_USER = 100
+BIG_TASKS = 100_000
+BIG_USER = "bench-big"
+SMALL_USER = "bench-small"  # 100 tasks; never written to, so comparisons stay stable
+SEEDED_ROWS = USERS * TASKS_PER_USER + BIG_TASKS + TASKS_PER_USER
+# Every seeded row is older than this; anything newer was written by a run and
+# is deleted between runs so each run sees the same table.
+SEED_CUTOFF = datetime(2025, 1, 1, tzinfo=UTC)
+SAMPLE_PAIRS = 20_000
+
+STATUSES = ("pending", "in_progress", "completed")
+PRIORITIES = ("low", "medium", "high")
+COPY_COLUMNS = [
+    "id", "title", "description", "status", "priority", "due_date",
+    "user_id", "created_at", "updated_at", "version",
+]  # fmt: skip
+
+# Used only until backend/ has migrations; switch is in ensure_schema().
+FALLBACK_DDL = """
+CREATE TABLE tasks (
+    id UUID PRIMARY KEY,
+    user_id VARCHAR(255) NOT NULL,
+    title VARCHAR(255) NOT NULL,
+    description TEXT NULL,
+    status VARCHAR(16) NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'in_progress', 'completed')),
+    priority VARCHAR(8) NOT NULL DEFAULT 'medium'
+        CHECK (priority IN ('low', 'medium', 'high')),
+    due_date TIMESTAMPTZ NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX ix_tasks_user_id_created_at ON tasks (user_id, created_at, id);
+CREATE INDEX ix_tasks_user_id_updated_at ON tasks (user_id, updated_at, id);
+CREATE INDEX ix_tasks_user_id_due_date ON tasks (user_id, due_date, id);
+CREATE INDEX ix_tasks_user_id_status_created_at
+    ON tasks (user_id, status, created_at, id);
+"""
+
+LIST_SQL = (
+    "SELECT id, title, description, status, priority, due_date, user_id, "
+    "created_at, updated_at FROM tasks WHERE {where} "
+    "ORDER BY created_at DESC, id DESC LIMIT 20 OFFSET 0"
+)
+COUNT_SQL = "SELECT count(*) FROM tasks WHERE {where}"
+
+
+def user_id(index: int) -> str:
+    return f"bench-u{index:04d}"
+
+
+def asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+def has_migrations() -> bool:
+    return (BACKEND_DIR / "alembic.ini").is_file()
+
+
+@asynccontextmanager
+async def _connect(url: str) -> AsyncIterator[Any]:
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def _ensure_database(url: str) -> None:
+    parts = urlsplit(asyncpg_dsn(url))
+    name = parts.path.lstrip("/")
+    async with _connect(urlunsplit(parts._replace(path="/postgres"))) as conn:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def ensure_database(url: str) -> None:
+    """CREATE DATABASE if the target does not exist yet."""
+    asyncio.run(_ensure_database(url))
+
+
+async def _prepare_schema(url: str, migrations: bool) -> None:
+    async with _connect(url) as conn:
+        has_tasks = await conn.fetchval("SELECT to_regclass('tasks') IS NOT NULL")
+        migrated = await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")
+        if not migrations and not has_tasks:
+            await conn.execute(FALLBACK_DDL)
+        elif migrations and has_tasks and not migrated:
+            # Left over from the fallback DDL: let the real migrations own it.
+            await conn.execute("DROP TABLE tasks")
+
+
+def ensure_schema(url: str, app_env: dict[str, str]) -> str:
+    """Bring the schema up; returns how ("alembic" or "fallback DDL").
+
+    app_env: DATABASE_URL etc., since the migrations load the app's settings."""
+    migrations = has_migrations()
+    asyncio.run(_prepare_schema(url, migrations))
+    if not migrations:
+        return "fallback DDL"
+    subprocess.run(
+        [str(VENV_BIN / "alembic"), "upgrade", "head"],
+        cwd=BACKEND_DIR,
+        env={**os.environ, **app_env},
+        check=True,
+        stdout=sys.stderr,
+    )
+    return "alembic"
+
+
+def _seed_rows(rng: random.Random) -> Iterator[tuple[Any, ...]]:
+    def rows(user: str, count: int, start: datetime, step: timedelta) -> Iterator[tuple[Any, ...]]:
+        for i in range(count):
+            created = start + step * i
+            yield (
+                uuid.UUID(int=rng.getrandbits(128), version=4),
+                f"Seeded task {i} of {user}",
+                "Seeded by bench/run.py" if i % 2 else None,
+                STATUSES[i % 3],
+                PRIORITIES[(i // 3) % 3],
+                created + timedelta(days=7) if i % 4 == 0 else None,
+                user,
+                created,
+                created,
+                1,
+            )
+
+    base = datetime(2024, 1, 1, tzinfo=UTC)
+    for index in range(USERS):
+        yield from rows(
+            user_id(index),
+            TASKS_PER_USER,
+            base + timedelta(seconds=index),
+            timedelta(hours=7),
+        )
+    yield from rows(SMALL_USER, TASKS_PER_USER, base, timedelta(hours=7))
+    yield from rows(BIG_USER, BIG_TASKS, datetime(2023, 6, 1, tzinfo=UTC), timedelta(minutes=5))
+
+
+async def _delete_run_rows(conn: Any) -> None:
+    await conn.execute("DELETE FROM tasks WHERE created_at >= $1", SEED_CUTOFF)
+
+
+async def _ensure_seeded(url: str) -> bool:
+    async with _connect(url) as conn:
+        await _delete_run_rows(conn)
+        if await conn.fetchval("SELECT count(*) FROM tasks") == SEEDED_ROWS:
+            return False
+        await conn.execute("TRUNCATE tasks")
+        records = _seed_rows(random.Random(42))
+        await conn.copy_records_to_table("tasks", records=records, columns=COPY_COLUMNS)
+        # VACUUM sets the visibility map so count(*) can use index-only scans.
+        await conn.execute("VACUUM ANALYZE tasks")
+        return True
+
+
+def ensure_seeded(url: str) -> bool:
+    """Seed once with COPY (skipped when already seeded); True if it seeded."""
+    return asyncio.run(_ensure_seeded(url))
+
+
+async def _reset(url: str) -> None:
+    async with _connect(url) as conn:
+        await _delete_run_rows(conn)
+        await conn.execute("VACUUM ANALYZE tasks")
+
+
+def reset(url: str) -> None:
+    """Before each run: drop rows earlier runs created and vacuum away their
+    bloat, so every run (ours or baseline) sees the same table."""
+    asyncio.run(_reset(url))
+
+
+@dataclass(frozen=True)
+class Fixtures:
+    pairs: list[tuple[int, str]]  # (user index, task id) for get/patch
+    pg_version: str
+
+
+async def _load_fixtures(url: str) -> Fixtures:
+    async with _connect(url) as conn:
+        rows = await conn.fetch(
+            "SELECT user_id, id::text AS id FROM tasks WHERE user_id LIKE 'bench-u%' AND created_at < $1",
+            SEED_CUTOFF,
+        )
+        version = await conn.fetchval("SHOW server_version")
+    pairs = [(int(r["user_id"].removeprefix("bench-u")), r["id"]) for r in rows]
+    sample = random.Random(7).sample(pairs, min(SAMPLE_PAIRS, len(pairs)))
+    return Fixtures(pairs=sample, pg_version=version)
+
+
+def load_fixtures(url: str) -> Fixtures:
+    """Real (user, task id) pairs for the get/patch profiles."""
+    return asyncio.run(_load_fixtures(url))
+
+
+EXPLAINED = {
+    "page": LIST_SQL.format(where="user_id = $1"),
+    "count": COUNT_SQL.format(where="user_id = $1"),
+    "page, status=completed": LIST_SQL.format(where="user_id = $1 AND status = 'completed'"),
+    "count, status=completed": COUNT_SQL.format(where="user_id = $1 AND status = 'completed'"),
+    # The single-statement form (total riding on each row) for comparison: the
+    # window makes PostgreSQL read and sort every matching row, not just 20.
+    "page + count(*) OVER () in one statement": LIST_SQL.replace(
+        "updated_at FROM", "updated_at, count(*) OVER () AS total FROM"
+    ).format(where="user_id = $1"),
+}
+
+
+async def _explain(url: str) -> dict[str, str]:
+    plans = {}
+    async with _connect(url) as conn:
+        for name, sql in EXPLAINED.items():
+            rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}", BIG_USER)
+            plans[name] = f"{sql}  -- $1 = '{BIG_USER}'\n" + "\n".join(r[0] for r in rows)
+    return plans
+
+
+def explain_list_queries(url: str) -> dict[str, str]:
+    """EXPLAIN ANALYZE the list endpoint's queries for the 100k-task user."""
+    return asyncio.run(_explain(url))

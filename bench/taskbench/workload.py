@@ -1,0 +1,83 @@
+"""Tokens, the Lua data file wrk reads, and the load profiles."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+
+from taskbench.db import BIG_USER, SMALL_USER, USERS, Fixtures, user_id
+
+TOKEN_TTL = 24 * 3600  # outlives the longest soak
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str  # also the mode passed to lua/tasks.lua
+    label: str
+    writes: bool  # needs a DB reset afterwards
+
+
+MAIN_PROFILES = [
+    Profile("list", "GET /api/tasks?limit=20", writes=False),
+    Profile("get", "GET /api/tasks/{id}", writes=False),
+    Profile("create", "POST /api/tasks", writes=True),
+    Profile("patch", "PATCH /api/tasks/{id}", writes=True),
+    Profile("mixed", "mixed 70% read / 30% write", writes=True),
+]
+SCALE_PROFILES = [
+    Profile("list_big", "first page, 100,000-task user", writes=False),
+    Profile("list_small", "first page, 100-task user", writes=False),
+    Profile("list_big_completed", "status=completed, 100,000-task user", writes=False),
+    Profile("list_small_completed", "status=completed, 100-task user", writes=False),
+]
+MIXED = MAIN_PROFILES[-1]
+
+
+def make_secret() -> str:
+    # 64 url-safe chars: well above the app's 32-byte minimum for HS256.
+    return secrets.token_urlsafe(48)
+
+
+def make_token(secret: str, subject: str) -> str:
+    claims = {"sub": subject, "exp": int(time.time()) + TOKEN_TTL}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+@dataclass(frozen=True)
+class Workload:
+    secret: str
+    tokens: list[str]  # index i -> user_id(i)
+    big_token: str
+    small_token: str
+    pairs: list[tuple[int, str]]
+
+
+def build_workload(secret: str, fixtures: Fixtures) -> Workload:
+    return Workload(
+        secret=secret,
+        tokens=[make_token(secret, user_id(i)) for i in range(USERS)],
+        big_token=make_token(secret, BIG_USER),
+        small_token=make_token(secret, SMALL_USER),
+        pairs=fixtures.pairs,
+    )
+
+
+def write_lua_data(workload: Workload, path: Path) -> None:
+    """A Lua chunk returning the tokens and (token index, task id) pairs."""
+    # JSON string literals are valid Lua string literals for this ASCII data.
+    tokens = ",\n".join(json.dumps(t) for t in workload.tokens)
+    # Lua arrays are 1-based.
+    pairs = ",\n".join(f"{{{i + 1},{json.dumps(t)}}}" for i, t in workload.pairs)
+    path.write_text(
+        "return {\n"
+        f"tokens = {{\n{tokens}\n}},\n"
+        f"pairs = {{\n{pairs}\n}},\n"
+        f"big = {json.dumps(workload.big_token)},\n"
+        f"small = {json.dumps(workload.small_token)},\n"
+        "}\n"
+    )
