@@ -8,7 +8,8 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -148,21 +149,45 @@ def create_engine(
 
 
 class Database:
-    """The engine of one app instance, and the read-only view of it."""
+    """The engine of one app instance: transactional and read-only connections, handed out fairly."""
 
-    def __init__(self, engine: AsyncEngine, *, ping_timeout: float = 4.0) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, connections: int = 10, wait_timeout: float = 3.0, ping_timeout: float = 4.0
+    ) -> None:
         self.engine = engine
         # Reads are single statements (each one consistent by itself): no BEGIN/COMMIT round trips.
         self.read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # The pool's own queue lets a newly arrived request take a connection that was just handed
+        # to a waiter, so under load some requests wait far longer than others. A FIFO semaphore in
+        # front of it (asyncio's does not let newcomers jump the queue) serves requests in order.
+        self._slots = asyncio.Semaphore(connections)
+        self.wait_timeout = wait_timeout
         self.ping_timeout = ping_timeout
 
-    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """A connection in a transaction: commits when the block ends, rolls back if it raised."""
-        return self.engine.begin()
+        async with self._turn(), self.engine.begin() as connection:
+            yield connection
 
-    def reader(self) -> AbstractAsyncContextManager[AsyncConnection]:
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads, each statement committed on its own."""
-        return self.read_engine.connect()
+        async with self._turn(), self.read_engine.connect() as connection:
+            yield connection
+
+    @asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        if self._slots.locked():
+            # Waiting longer than a connect would take means the database is not keeping up: 503.
+            async with asyncio.timeout(self.wait_timeout):
+                await self._slots.acquire()
+        else:
+            await self._slots.acquire()
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     async def ping(self) -> None:
         """Raise if the database cannot answer `SELECT 1` in time."""

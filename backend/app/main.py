@@ -53,7 +53,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_overflow=settings.DB_MAX_OVERFLOW,
             connect_timeout=settings.DB_CONNECT_TIMEOUT,
         )
-        database = Database(engine, ping_timeout=settings.DB_CONNECT_TIMEOUT + 1)
+        database = Database(
+            engine,
+            connections=settings.DB_POOL_SIZE + settings.DB_MAX_OVERFLOW,
+            wait_timeout=settings.DB_CONNECT_TIMEOUT,
+            ping_timeout=settings.DB_CONNECT_TIMEOUT + 1,
+        )
         jwks = None
         if settings.JWT_JWKS_URL:
             jwks = JWKSClient(settings.JWT_JWKS_URL, min_refetch_interval=settings.JWT_JWKS_MIN_REFETCH_SECONDS)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
@@ -29,6 +30,16 @@ def hs256_token(sub: str | None, *, secret: str = SECRET, exp_in: int = 600, **c
     if sub is not None:
         payload["sub"] = sub
     return jwt.encode(payload, secret, algorithm="HS256")
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """Assert an RFC 9457 problem+json response with `status`, and return its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert {"type", "title", "status", "detail"} <= body.keys()
+    return body
 
 
 def bearer(token: str) -> dict[str, str]:

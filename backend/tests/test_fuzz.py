@@ -33,7 +33,7 @@ from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from app.main import create_app
 from tests.conftest import make_settings
-from tests.support import auth, new_user
+from tests.support import assert_problem, auth, new_user
 
 FUZZ_MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "40"))
 REQUEST_TIMEOUT = 10.0
@@ -123,12 +123,6 @@ HOSTILE_TEXT = {
     "format-strings": "%s %d %n {0} ${HOME} $(id) `id` {{7*7}}",
     "like-wildcards": "100%_done\\%\\_",
 }
-
-
-def assert_problem(response: httpx.Response, status: int) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    assert response.json()["status"] == status
 
 
 def documented_statuses(app: FastAPI, method: str, path: str) -> set[int]:

@@ -30,7 +30,7 @@ from app.database import engine_spec
 from tests.conftest import IN_CI, PG_ADMIN_URL, http_client, make_settings, running_app
 from tests.pooler import PooledDatabase, Pooler, pooled_database, pooler_running
 from tests.servers import APIServer
-from tests.support import auth, new_user
+from tests.support import assert_problem, auth, new_user
 
 pytestmark = pytest.mark.postgres_only
 
@@ -66,14 +66,6 @@ async def pooled_client(pooled_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]
     """A client of the pooled app."""
     async with http_client(pooled_app) as client:
         yield client
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    return body
 
 
 # --- the URL -----------------------------------------------------------------------------------

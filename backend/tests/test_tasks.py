@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import auth, new_user
+from tests.support import assert_problem, auth, new_user
 
 TASK_FIELDS = {"id", "title", "description", "status", "priority", "due_date", "user_id", "created_at", "updated_at"}
 
@@ -19,15 +19,6 @@ async def create(client: httpx.AsyncClient, headers: dict[str, str], **body: Any
     response = await client.post("/api/tasks", json={"title": "a task", **body}, headers=headers)
     assert response.status_code == 201, response.text
     return response
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert {"type", "title", "status", "detail"} <= body.keys()
-    return body
 
 
 def assert_rfc3339_utc(value: str) -> None:
