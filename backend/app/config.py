@@ -6,6 +6,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -70,7 +71,7 @@ class Settings(DatabaseSettings):
     JWT_ALGORITHM: HmacAlgorithm = "HS256"
     JWT_JWKS_URL: str | None = None
     JWT_ALGORITHMS: Annotated[list[AsymmetricAlgorithm], NoDecode] = Field(
-        default_factory=lambda: list(BETTER_AUTH_ALGORITHMS)
+        default_factory=lambda: list(BETTER_AUTH_ALGORITHMS), min_length=1
     )
     # An unknown `kid` refetches the JWKS at most this often (seconds), so bogus kids cannot flood
     # the auth server; a rotated key is picked up on its first token after this interval.
@@ -101,20 +102,33 @@ class Settings(DatabaseSettings):
     @field_validator("JWT_SECRET")
     @classmethod
     def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        # HS256 with a short secret is brute-forceable offline (RFC 7518 3.2 asks for >= 256 bits).
+        # A short secret is brute-forceable offline (RFC 7518 3.2 asks for >= 256 bits for HS256).
         if value is not None and len(value.get_secret_value().encode()) < 32:
             raise ValueError("must be at least 32 bytes")
         return value
 
-    @field_validator("JWT_JWKS_URL", "JWT_ISSUER", "JWT_AUDIENCE", mode="before")
+    @field_validator("JWT_SECRET", "JWT_JWKS_URL", "JWT_ISSUER", "JWT_AUDIENCE", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("JWT_JWKS_URL")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http(s) URL such as http://localhost:3000/api/auth/jwks")
+        return value
 
     @model_validator(mode="after")
     def _some_verification(self) -> Settings:
         if self.JWT_SECRET is None and self.JWT_JWKS_URL is None:
             raise ValueError("set JWT_SECRET (HS256 shared secret) or JWT_JWKS_URL (Better Auth JWKS)")
+        # RFC 7518 3.2: the key must be at least as long as the hash output.
+        needed = {"HS256": 32, "HS384": 48, "HS512": 64}[self.JWT_ALGORITHM]
+        if self.JWT_SECRET is not None and len(self.JWT_SECRET.get_secret_value().encode()) < needed:
+            raise ValueError(f"JWT_SECRET must be at least {needed} bytes for {self.JWT_ALGORITHM}")
         return self
 
 
@@ -122,9 +136,10 @@ def config_error_line(exc: ValidationError) -> str:
     """One line naming the bad variables, never their values."""
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
-        name = ".".join(str(part) for part in error["loc"]) or "JWT_SECRET/JWT_JWKS_URL"
+        name = ".".join(str(part) for part in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
-        problems.append(f"{name}: {message}")
+        # Checks across variables have no location; their messages name the variables themselves.
+        problems.append(f"{name}: {message}" if name else message)
     return "configuration error: " + "; ".join(problems)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,9 +24,8 @@ logger = logging.getLogger("app.database")
 
 # libpq URL parameters we translate for asyncpg (which rejects them as connect arguments).
 _TLS_PARAMS = ("sslmode", "sslrootcert", "channel_binding")
-# libpq parameters that have no asyncpg equivalent and are safe to drop (Neon adds `options` for
-# clients without SNI; asyncpg sends SNI).
-_DROPPED_PARAMS = ("options", "target_session_attrs", "gssencmode")
+# libpq parameters that have no asyncpg equivalent and are safe to drop.
+_DROPPED_PARAMS = ("target_session_attrs", "gssencmode")
 PGBOUNCER_PORT = 6432
 
 
@@ -53,7 +53,10 @@ def _tls_context(mode: str, root_cert: str | None) -> ssl.SSLContext | bool | st
     # `require` verifies the certificate too (stricter than libpq): Neon's certificates are publicly
     # trusted, and an unverified TLS connection gives no protection against a man in the middle.
     cafile = None if root_cert in (None, "system") else root_cert
-    context = ssl.create_default_context(cafile=cafile)
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+    except (OSError, TypeError, ValueError):  # missing or unreadable file, or a repeated parameter
+        raise DatabaseURLError("sslrootcert cannot be read as a CA certificate file") from None
     if mode == "verify-ca":
         context.check_hostname = False
     return context
@@ -75,6 +78,11 @@ def engine_spec(raw_url: str, *, connect_timeout: float) -> EngineSpec:
     params = {key: query.pop(key) for key in _TLS_PARAMS if key in query}
     for key in _DROPPED_PARAMS:
         query.pop(key, None)
+    # Neon adds `options=endpoint%3D<id>` for clients without SNI; asyncpg sends SNI, so that one is
+    # safe to drop. Other options (statement_timeout, search_path…) would change behaviour: refuse.
+    options = query.pop("options", None)
+    if options is not None and not re.fullmatch(r"endpoint=[A-Za-z0-9-]+", str(options)):
+        raise DatabaseURLError("the `options` parameter is not supported (other than Neon's endpoint=…)")
     pgbouncer = str(query.pop("pgbouncer", "")).lower() in ("1", "true")
     try:
         timeout = float(str(query.pop("connect_timeout", connect_timeout)))
@@ -113,29 +121,28 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
 
 
 def create_engine(
-    raw_url: str,
-    *,
-    pool_size: int = 10,
-    max_overflow: int = 10,
-    connect_timeout: float = 3.0,
-    pre_ping: bool = False,
+    raw_url: str, *, pool_size: int = 10, max_overflow: int = 0, connect_timeout: float = 3.0
 ) -> AsyncEngine:
-    """An async engine for DATABASE_URL with pooling that survives dropped connections."""
+    """An async engine for DATABASE_URL with pooling that survives dropped connections.
+
+    The pool holds one connection more than requests may use at once (see Database): the spare
+    keeps /health answering while every request slot is busy.
+    """
     spec = engine_spec(raw_url, connect_timeout=connect_timeout)
-    kwargs: dict[str, Any] = {"connect_args": spec.connect_args, "hide_parameters": True}
+    kwargs: dict[str, Any] = {
+        "connect_args": spec.connect_args,
+        "hide_parameters": True,
+        "pool_size": pool_size + 1,
+        "max_overflow": max_overflow,
+        # A request waits this long for a pooled connection, then the client gets a 503.
+        "pool_timeout": connect_timeout,
+    }
     if not spec.is_sqlite:
-        kwargs.update(
-            pool_size=pool_size,
-            max_overflow=max_overflow,
-            # A request waits this long for a pooled connection, then the client gets a 503.
-            pool_timeout=connect_timeout,
-            # Neon suspends an idle compute after 5 minutes, closing its connections: recycling every
-            # connection before that age means a pooled one is never stale after an idle spell, without
-            # a ping round trip on every checkout. A connection that dies anyway (a restart) fails its
-            # request with 503 and makes the pool replace every connection older than it.
-            pool_pre_ping=pre_ping,
-            pool_recycle=240,
-        )
+        # Neon suspends an idle compute after 5 minutes, closing its connections: recycling every
+        # connection before that age means a pooled one is never stale after an idle spell, without
+        # a ping round trip on every checkout. A connection that dies anyway (a restart) fails its
+        # request with 503 and makes the pool replace every connection older than it.
+        kwargs["pool_recycle"] = 240
         if spec.behind_pooler:
             kwargs["url"] = spec.url.update_query_dict({"prepared_statement_cache_size": "0"})
     if spec.is_sqlite and spec.url.database not in (None, "", ":memory:"):

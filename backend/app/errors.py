@@ -153,17 +153,11 @@ async def _on_database(_: Request, exc: Exception) -> Response:
     return problem_response(500, "An unexpected error occurred.")
 
 
-async def _on_unexpected(_: Request, exc: Exception) -> Response:
-    logger.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
-    return problem_response(500, "An unexpected error occurred.")
-
-
 def install_error_handlers(app: FastAPI) -> None:
-    """Route every error path of the app to problem+json."""
+    """Route every error path of the app to problem+json (the middleware turns anything else into a 500)."""
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(sa_exc.SQLAlchemyError, _on_database)
     app.add_exception_handler(OSError, _on_database)
     app.add_exception_handler(TimeoutError, _on_database)
-    app.add_exception_handler(Exception, _on_unexpected)

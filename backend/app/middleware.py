@@ -7,17 +7,15 @@ import re
 import time
 import uuid
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import problem_response
 
 access_log = logging.getLogger("app.access")
+logger = logging.getLogger("app.errors")
 # An incoming X-Request-ID is echoed only if it looks like an id, so logs cannot be forged with it.
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 class RequestContextMiddleware:
@@ -53,7 +51,9 @@ class RequestContextMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise _BodyTooLarge
+                    # A chunked body without Content-Length: FastAPI re-raises HTTPException from the
+                    # body read (anything else it would turn into a 400), and errors.py renders it.
+                    raise HTTPException(413, "The request body is larger than allowed.")
             return message
 
         async def send_with_id(message: Message) -> None:
@@ -66,11 +66,13 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, limited_receive, send_with_id)
-        except _BodyTooLarge:
+        except Exception as exc:
+            # The last resort, here rather than in Starlette's outer ServerErrorMiddleware, so a 500
+            # still carries the request id and is logged once.
+            logger.error("unhandled error: %s", type(exc).__name__, exc_info=exc, extra={"request_id": request_id})
             if response_started:
                 raise
-            status = 413
-            await self._reject(413, request_id, scope, receive, send)
+            await problem_response(500, "An unexpected error occurred.")(scope, receive, send_with_id)
         finally:
             self._log(scope, status, started, request_id)
 

@@ -508,3 +508,10 @@ async def test_verified_token_cache_still_expires_at_exp(database_url: str) -> N
         expired = await client.get("/api/tasks", headers=bearer(token))
         assert expired.status_code == 401
         assert "expired" in expired.json()["detail"]
+
+
+@pytest.mark.parametrize("sub", ["bad\ud800id", "nul\x00id", " ", "x" * 256])
+async def test_list_with_unstorable_subject_is_401(client: httpx.AsyncClient, sub: str) -> None:
+    response = await client.get("/api/tasks", headers=bearer(hs256_token(sub)))
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+
+from app.config import Settings, config_error_line
 
 BACKEND_DIR = Path(__file__).resolve().parents[1]
 GOOD_SECRET = "a-perfectly-fine-secret-of-more-than-32-bytes"
@@ -64,3 +67,34 @@ def test_config_invalid_setting_stops_startup_with_one_line(
     assert variable in lines[0]
     for value in filter(None, (secret_value, env.get("JWT_SECRET"))):
         assert value not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"JWT_SECRET": "x" * 40, "JWT_ALGORITHM": "HS384"}, "JWT_SECRET"),
+        ({"JWT_SECRET": "x" * 60, "JWT_ALGORITHM": "HS512"}, "JWT_SECRET"),
+        ({"JWT_SECRET": ""}, "JWT_SECRET"),
+        ({"JWT_JWKS_URL": "localhost:3000/api/auth/jwks"}, "JWT_JWKS_URL"),
+        ({"JWT_JWKS_URL": "http://localhost:3000/api/auth/jwks", "JWT_ALGORITHMS": ""}, "JWT_ALGORITHMS"),
+        (
+            {"JWT_SECRET": GOOD_SECRET, "DATABASE_URL": "postgresql://u:pw@h/db?sslmode=require&sslrootcert=/nope.crt"},
+            "DATABASE_URL",
+        ),
+        (
+            {"JWT_SECRET": GOOD_SECRET, "DATABASE_URL": "postgresql://u:pw@h/db?options=-c%20search_path%3Dx"},
+            "DATABASE_URL",
+        ),
+    ],
+)
+def test_config_invalid_combination_names_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None, **env)
+    line = config_error_line(caught.value)
+    assert variable in line
+    assert "pw" not in line and "x" * 40 not in line
+
+
+def test_config_neon_endpoint_option_is_accepted() -> None:
+    url = "postgresql://u:pw@ep-a-1.aws.neon.tech/db?sslmode=require&options=endpoint%3Dep-a-1"
+    assert Settings(_env_file=None, JWT_SECRET=GOOD_SECRET, DATABASE_URL=url).DATABASE_URL.get_secret_value() == url

@@ -375,8 +375,9 @@ async def test_startup_logs_jwks_only_mode(database_url: str) -> None:
 
 
 async def test_startup_logs_hs256_only_mode(database_url: str) -> None:
+    secret = SECRET * 2  # HS512 needs 64 bytes
     with captured_logs() as lines:
-        async with running_app(make_settings(database_url, JWT_ALGORITHM="HS512")):
+        async with running_app(make_settings(database_url, JWT_ALGORITHM="HS512", JWT_SECRET=secret)):
             pass
     modes = [json.loads(line)["message"] for line in lines if "token verification:" in line]
     assert modes == ["token verification: HS512 shared secret"]

@@ -6,6 +6,8 @@ import json
 
 import httpx
 
+from app.main import create_app
+from tests.conftest import http_client, make_settings
 from tests.support import SECRET, auth, captured_logs, hs256_token, new_user
 
 
@@ -55,3 +57,22 @@ async def test_cors_allows_only_configured_origins(client: httpx.AsyncClient) ->
     simple = await client.get("/api/tasks", headers={**auth(new_user()), "Origin": "http://localhost:3000"})
     assert simple.headers["access-control-allow-origin"] == "http://localhost:3000"
     assert "etag" in simple.headers["access-control-expose-headers"].lower()
+
+
+async def test_unexpected_error_is_problem_500_with_request_id_and_one_log_line(database_url: str) -> None:
+    app = create_app(make_settings(database_url))
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("internal detail that must not leak")
+
+    async with app.router.lifespan_context(app), http_client(app) as client:
+        with captured_logs() as lines:
+            response = await client.get("/boom", headers={"X-Request-ID": "boom-1"})
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["x-request-id"] == "boom-1"
+    assert "internal detail" not in response.text
+    errors = [json.loads(line) for line in lines if '"level":"ERROR"' in line]
+    assert len(errors) == 1
+    assert errors[0]["request_id"] == "boom-1"

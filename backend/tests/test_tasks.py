@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -363,3 +364,35 @@ async def test_if_match_concurrent_writers_exactly_one_wins(client: httpx.AsyncC
         final = await client.get(url, headers=headers)
         assert final.headers["etag"] != etag
         assert final.json()["title"].startswith("writer ")
+
+
+@pytest.mark.parametrize("if_match", ['"\u00b2"', '"2147483648"', '"99999999999999999"', "x1x", '"01"', "1", '"-1"'])
+async def test_if_match_malformed_or_out_of_range_is_412_not_an_error(client: httpx.AsyncClient, if_match: str) -> None:
+    headers = auth(new_user())
+    url = (await create(client, headers)).headers["location"]
+    for method in ("PATCH", "PUT", "DELETE"):
+        response = await client.request(
+            method,
+            url,
+            json=None if method == "DELETE" else {"title": "x"},
+            headers=[
+                *((k.encode(), v.encode()) for k, v in headers.items()),
+                (b"If-Match", if_match.encode("latin-1")),
+            ],
+        )
+        assert_problem(response, 412)
+    assert (await client.get(url, headers=headers)).json()["title"] == "a task"
+
+
+async def test_create_task_chunked_body_over_limit_is_413(client: httpx.AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"title": "x", "description": "'
+        for _ in range(17):
+            yield b"a" * 65536
+        yield b'"}'
+
+    # No Content-Length: the limit is enforced while the body streams in.
+    response = await client.post(
+        "/api/tasks", content=chunks(), headers={**auth(new_user()), "Content-Type": "application/json"}
+    )
+    assert_problem(response, 413)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -52,14 +53,24 @@ class JWKSClient:
         self._fetched_at: float | None = None  # last successful fetch
         self._attempted_at = float("-inf")  # last attempt, successful or not
         self._lock = asyncio.Lock()
+        self._background: asyncio.Task[None] | None = None
 
     async def get_key(self, kid: str) -> SigningKey | None:
         """The key for `kid`, refetching the set when stale or when the kid is new; None if unknown."""
-        now = time.monotonic()
-        stale = self._fetched_at is None or now - self._fetched_at > self._max_age
-        if kid not in self._keys or stale:
+        key = self._keys.get(kid)
+        if key is None:
+            await self._refresh()  # a new kid (rotation) or the first use: this request must wait
+            return self._keys.get(kid)
+        # Known key, old set: answer now, refresh in the background (a withdrawn key then stops
+        # working), so a slow auth server never stalls requests whose keys we already hold.
+        stale = self._fetched_at is not None and time.monotonic() - self._fetched_at > self._max_age
+        if stale and (self._background is None or self._background.done()):
+            self._background = asyncio.create_task(self._refresh_quietly())
+        return key
+
+    async def _refresh_quietly(self) -> None:
+        with contextlib.suppress(JWKSUnavailable):
             await self._refresh()
-        return self._keys.get(kid)
 
     async def _refresh(self) -> None:
         async with self._lock:
@@ -103,6 +114,10 @@ class JWKSClient:
         return keys
 
     async def aclose(self) -> None:
-        """Close the HTTP client if we created it."""
+        """Stop a background refresh and close the HTTP client if we created it."""
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
         if self._owns_http:
             await self._http.aclose()

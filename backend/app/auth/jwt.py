@@ -61,7 +61,7 @@ class TokenVerifier:
             # A key withdrawn from the JWKS revokes its tokens, cached or not.
             if time.time() < exp and (kid is None or await self._still_published(kid)):
                 return user_id
-            del self._verified[token]
+            self._verified.pop(token, None)  # concurrent requests may have dropped it already
         if len(token) > MAX_TOKEN_LENGTH:
             raise Unauthorized("The token is too large.")
         try:
@@ -79,16 +79,15 @@ class TokenVerifier:
         return user_id
 
     async def _still_published(self, kid: str) -> bool:
-        if self._jwks is None:
-            return False
+        assert self._jwks is not None  # a kid is only remembered for JWKS-verified tokens
         try:
             return await self._jwks.get_key(kid) is not None
         except JWKSUnavailable:
             return False
 
     def _remember(self, token: str, user_id: str, exp: Any, kid: str | None) -> None:
-        if not isinstance(exp, int | float):
-            return
+        if not isinstance(exp, int | float) or exp <= time.time():
+            return  # accepted within the leeway only: verify again next time
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             del self._verified[next(iter(self._verified))]
         # Without leeway: a cached token stops working exactly at its `exp`.
@@ -142,12 +141,23 @@ class TokenVerifier:
         return claims
 
 
+def _storable(value: str) -> bool:
+    # The id is stored as text: no NUL (PostgreSQL refuses it), no lone surrogates (not UTF-8).
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _subject(claims: dict[str, Any]) -> str:
     for name in ("sub", "user_id"):
         value = claims.get(name)
         if value is None:
             continue
-        if isinstance(value, str) and value.strip() and len(value) <= USER_ID_MAX and "\x00" not in value:
+        if isinstance(value, str) and value.strip() and len(value) <= USER_ID_MAX and _storable(value):
             return value
         raise Unauthorized("The token's subject is not usable.")
     raise Unauthorized("The token has no subject.")

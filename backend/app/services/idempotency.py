@@ -18,7 +18,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.errors import Problem
+from app.errors import Problem, ServiceUnavailable
 from app.models.idempotency import IdempotencyKey
 
 KEY_TTL = timedelta(hours=24)
@@ -52,19 +52,22 @@ async def claim(conn: AsyncConnection, owner_id: str, key: str, body_fingerprint
     # Expired keys of this owner are forgotten first, so a key can be reused after 24 h.
     await conn.execute(delete(keys).where(k.user_id == owner_id, k.created_at < now - KEY_TTL))
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    claimed = await conn.execute(
+    claim_key = (
         dialect.insert(keys)
         .values(user_id=owner_id, key=key, fingerprint=body_fingerprint, created_at=now)
         .on_conflict_do_nothing(index_elements=["user_id", "key"])
         .returning(k.key)
     )
-    if claimed.one_or_none() is not None:
-        return None
-    row = (
-        await conn.execute(
-            select(k.fingerprint, k.task_id, k.etag, k.response_body).where(k.user_id == owner_id, k.key == key)
-        )
-    ).one()
+    stored = select(k.fingerprint, k.task_id, k.etag, k.response_body).where(k.user_id == owner_id, k.key == key)
+    for _ in range(3):
+        if (await conn.execute(claim_key)).one_or_none() is not None:
+            return None
+        row = (await conn.execute(stored)).one_or_none()
+        if row is not None:
+            break
+        # The conflicting row expired and was deleted by a concurrent request in between: claim again.
+    else:
+        raise ServiceUnavailable("The Idempotency-Key is being reused concurrently; retry.")
     if row.fingerprint != body_fingerprint:
         raise IdempotencyKeyReused("This Idempotency-Key was already used with a different request body.")
     return StoredResponse(task_id=row.task_id, etag=row.etag, body=row.response_body.encode())

@@ -7,6 +7,7 @@ statement itself, so concurrent writers holding the same ETag cannot both win.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -124,12 +125,12 @@ async def update_task(
     if_match: Sequence[str] | None,
 ) -> VersionedTask:
     """Apply `changes` to the owner's task if its ETag matches `if_match` (None: unconditional)."""
+    versions = _versions(if_match)
     if not changes:
         current = await get_task(conn, owner_id, task_id)
-        if if_match is not None and not _matches(if_match, current.version):
+        if versions is not None and current.version not in versions:
             raise PreconditionFailed("The task has changed or was deleted since you read it (ETag mismatch).")
         return current
-    versions = _versions(if_match)
     params = {f"new_{name}": value for name, value in changes.items()}
     params.update(task_id=task_id, owner_id=owner_id, now=_now(), versions=versions)
     stmt = _update_statement(tuple(sorted(changes)), conditional=versions is not None)
@@ -224,15 +225,16 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _matches(if_match: Sequence[str], version: int) -> bool:
-    return "*" in if_match or f'"{version}"' in if_match
+# A strong entity-tag as this API issues them: a quoted version number that fits an INTEGER column.
+_ETAG = re.compile(r'"([1-9][0-9]{0,9})"', re.ASCII)
+_MAX_VERSION = 2**31 - 1
 
 
 def _versions(if_match: Sequence[str] | None) -> list[int] | None:
-    """The versions an If-Match accepts; None when any version will do."""
+    """The versions an If-Match accepts; None when any version will do (no header, or `*`)."""
     if if_match is None or "*" in if_match:
         return None
-    versions = [int(tag[1:-1]) for tag in if_match if tag[1:-1].isdigit() and len(tag) < 20]
+    versions = [int(m[1]) for tag in if_match if (m := _ETAG.fullmatch(tag)) and int(m[1]) <= _MAX_VERSION]
     # No well-formed tag can match: compare against an impossible version so nothing changes.
     return versions or [-1]
 
