@@ -1,12 +1,11 @@
-"""The database: URL translation per kind (SQLite, PostgreSQL, Neon/PgBouncer), engine, and the
-per-request session that is one unit of work.
+"""The database: URL translation per kind (SQLite, PostgreSQL, Neon/PgBouncer), the engine, and the
+connections handlers open for reads or for one transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
 import ssl
 from collections.abc import AsyncIterator
@@ -19,8 +18,6 @@ from fastapi import Depends, Request
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-
-logger = logging.getLogger("app.database")
 
 # libpq URL parameters we translate for asyncpg (which rejects them as connect arguments).
 _TLS_PARAMS = ("sslmode", "sslrootcert", "channel_binding")

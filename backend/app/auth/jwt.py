@@ -19,7 +19,7 @@ from fastapi.security import HTTPBearer
 from app.auth.jwks import JWKSClient, JWKSUnavailable
 from app.config import Settings
 from app.errors import ServiceUnavailable, Unauthorized
-from app.models.task import USER_ID_MAX
+from app.models.task import USER_ID_MAX, unstorable_reason
 
 logger = logging.getLogger("app.auth")
 
@@ -141,23 +141,12 @@ class TokenVerifier:
         return claims
 
 
-def _storable(value: str) -> bool:
-    # The id is stored as text: no NUL (PostgreSQL refuses it), no lone surrogates (not UTF-8).
-    if "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _subject(claims: dict[str, Any]) -> str:
     for name in ("sub", "user_id"):
         value = claims.get(name)
         if value is None:
             continue
-        if isinstance(value, str) and value.strip() and len(value) <= USER_ID_MAX and _storable(value):
+        if isinstance(value, str) and value.strip() and len(value) <= USER_ID_MAX and unstorable_reason(value) is None:
             return value
         raise Unauthorized("The token's subject is not usable.")
     raise Unauthorized("The token has no subject.")

@@ -67,6 +67,20 @@ def _in(column: str, enum: type[StrEnum]) -> str:
     return f"{column} IN ({', '.join(repr(m.value) for m in enum)})"
 
 
+def unstorable_reason(value: str) -> str | None:
+    """Why `value` cannot be stored as text on both databases, or None if it can.
+
+    PostgreSQL text cannot hold NUL, and lone surrogates cannot be encoded as UTF-8.
+    """
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode (no lone surrogates)"
+    return None
+
+
 TITLE_MAX = 255
 DESCRIPTION_MAX = 10_000
 USER_ID_MAX = 255

@@ -9,18 +9,13 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from app.models.task import DESCRIPTION_MAX, TITLE_MAX, USER_ID_MAX, TaskPriority, TaskStatus
+from app.models.task import DESCRIPTION_MAX, TITLE_MAX, USER_ID_MAX, TaskPriority, TaskStatus, unstorable_reason
 
 
 def _storable(value: str) -> str:
-    # PostgreSQL text cannot hold NUL, and lone surrogates cannot be encoded as UTF-8: reject both
-    # here so both databases answer the same clear 422 instead of a driver error.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    # Reject here so both databases answer the same clear 422 instead of a driver error.
+    if (reason := unstorable_reason(value)) is not None:
+        raise ValueError(reason)
     return value
 
 
@@ -111,7 +106,7 @@ class TaskPatch(_Body):
 class TaskRead(BaseModel):
     """A task as the API returns it."""
 
-    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [_EXAMPLE_TASK]})
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE_TASK]})
 
     # Limits here document what the table holds (json_schema_extra only: nothing is re-validated).
     id: uuid.UUID
