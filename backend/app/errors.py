@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from fastapi import FastAPI, Request
@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 PROBLEM_JSON = "application/problem+json"
 # Seconds a client should wait before retrying when the database is unreachable.
@@ -21,41 +22,41 @@ logger = logging.getLogger("app.errors")
 
 
 class Problem(Exception):
-    """A domain error that knows its HTTP status; the handler below renders it as problem+json."""
+    """A domain error that knows its HTTP status; the handler below renders it as problem+json.
 
-    status: int = 500
+    `description` is what the OpenAPI document says of this error (app/openapi.py reads it) and
+    the detail when the raise site gives none, so each text is written once.
+    """
+
+    status: ClassVar[int] = 500
+    description: ClassVar[str] = "An unexpected error occurred."
+    # Headers a response of this class always carries (documented in the contract).
+    documented_headers: ClassVar[tuple[str, ...]] = ()
+    # The problem schema of this class in the contract (ValidationProblemDetail lists `errors`).
+    schema: ClassVar[str] = "ProblemDetail"
     title: str | None = None
     type: str = "about:blank"
 
-    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        self.detail = detail or self.description
+        super().__init__(self.detail)
         self.headers = headers or {}
         self.extra = extra
 
 
-class NotFound(Problem):
-    """The resource does not exist."""
+class MalformedRequest(Problem):
+    """The request could not be read (undecodable body, invalid Content-Length)."""
 
-    status = 404
-
-
-class Forbidden(Problem):
-    """The resource exists but belongs to someone else."""
-
-    status = 403
-
-
-class PreconditionFailed(Problem):
-    """`If-Match` did not match the current ETag."""
-
-    status = 412
+    status = 400
+    description = "The body could not be decoded as JSON text (e.g. it is not valid UTF-8)."
 
 
 class Unauthorized(Problem):
     """The bearer token is missing or invalid (RFC 6750)."""
 
     status = 401
+    description = "Missing, malformed, expired or otherwise invalid bearer token."
+    documented_headers = ("WWW-Authenticate",)
 
     def __init__(self, detail: str, *, error: str | None = "invalid_token") -> None:
         challenge = 'Bearer realm="tasks"'
@@ -65,12 +66,50 @@ class Unauthorized(Problem):
         super().__init__(detail, headers={"WWW-Authenticate": challenge})
 
 
+class Forbidden(Problem):
+    """The task exists but belongs to someone else."""
+
+    status = 403
+    description = "This task belongs to another user."
+
+
+class NotFound(Problem):
+    """No task with this id."""
+
+    status = 404
+    description = "No task with this id."
+
+
+class PreconditionFailed(Problem):
+    """`If-Match` did not match the current ETag."""
+
+    status = 412
+    description = "The task has changed or was deleted since you read it (ETag mismatch); nothing was changed."
+
+
+class ContentTooLarge(Problem):
+    """The request body is over MAX_BODY_BYTES."""
+
+    status = 413
+    description = "The request body is larger than the server's limit (1 MiB by default)."
+
+
+class ValidationFailed(Problem):
+    """The request does not match its schema; rendered from RequestValidationError with `errors`."""
+
+    status = 422
+    description = "The request is not valid; `errors` lists each problem."
+    schema = "ValidationProblemDetail"
+
+
 class ServiceUnavailable(Problem):
     """A dependency (the database, the JWKS endpoint) cannot be reached right now."""
 
     status = 503
+    description = "The database (or the JWKS endpoint) is unreachable; retry after `Retry-After` seconds."
+    documented_headers = ("Retry-After",)
 
-    def __init__(self, detail: str, **extra: Any) -> None:
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
         super().__init__(detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}, **extra)
 
 
@@ -110,12 +149,30 @@ async def _on_validation(_: Request, exc: Exception) -> Response:
         {"loc": _loc(err["loc"]), "msg": err["msg"].removeprefix("Value error, "), "type": err["type"]}
         for err in exc.errors()
     ]
-    return problem_response(422, "The request is not valid; see `errors`.", errors=errors)
+    return problem_response(422, ValidationFailed.description, errors=errors)
 
 
-async def _on_http(_: Request, exc: Exception) -> Response:
+async def _on_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    return problem_response(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette's Allow names the methods of the first route that matched the path only; RFC
+        # 9110 15.5.6 asks for every method the resource supports.
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return problem_response(exc.status_code, str(exc.detail), headers=headers)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app accepts on the request's path."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
 
 
 # SQLSTATEs that say the server cannot serve us now: connection exceptions (08, e.g. PgBouncer's

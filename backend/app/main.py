@@ -10,7 +10,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.utils import get_openapi
 from pydantic import ValidationError
 
 from app.auth.jwks import JWKSClient
@@ -20,8 +19,8 @@ from app.database import Database, create_engine
 from app.errors import install_error_handlers
 from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware
+from app.openapi import install_openapi
 from app.routers import health, tasks
-from app.routers.responses import refine_openapi
 
 logger = logging.getLogger("app")
 
@@ -92,14 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost, so the request id and the access log cover CORS answers and errors too.
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.MAX_BODY_BYTES)
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            refine_openapi(schema)  # problem+json schemas, shared headers, `default` responses
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    install_openapi(app)
     return app
 
 

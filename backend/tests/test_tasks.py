@@ -87,6 +87,20 @@ async def test_create_task_defaults(client: httpx.AsyncClient) -> None:
         ({"title": "nul\u0000byte"}, ["body", "title"]),
         ({"title": "ok", "due_date": "0001-01-01T00:00:00+01:00"}, ["body", "due_date"]),
         ({"title": "ok", "due_date": "9999-12-31T23:59:59-01:00"}, ["body", "due_date"]),
+        # RFC 3339 strings only: no Unix times, booleans, date-only or offset-less values.
+        ({"title": "ok", "due_date": 0}, ["body", "due_date"]),
+        ({"title": "ok", "due_date": 1764000000.5}, ["body", "due_date"]),
+        ({"title": "ok", "due_date": True}, ["body", "due_date"]),
+        ({"title": "ok", "due_date": "2026-12-01"}, ["body", "due_date"]),
+        ({"title": "ok", "due_date": "1764000000"}, ["body", "due_date"]),
+        ({"title": "ok", "due_date": "2026-02-30T10:00:00Z"}, ["body", "due_date"]),
+        ({"title": "ok", "due_date": "2016-12-31T23:59:60Z"}, ["body", "due_date"]),
+        # Blank: only whitespace or invisible format characters.
+        ({"title": "\u200b"}, ["body", "title"]),
+        ({"title": " \u2060\ufeff\t"}, ["body", "title"]),
+        ({"title": "\u00a0\u3000\u180e"}, ["body", "title"]),
+        # The length limit is on what is sent, as the contract says.
+        ({"title": "x" * 255 + " "}, ["body", "title"]),
     ],
 )
 async def test_create_task_invalid_is_422_naming_the_field(
@@ -95,6 +109,40 @@ async def test_create_task_invalid_is_422_naming_the_field(
     problem = assert_problem(await client.post("/api/tasks", json=body, headers=auth(new_user())), 422)
     assert loc in [error["loc"] for error in problem["errors"]]
     assert all({"loc", "msg", "type"} == set(error) for error in problem["errors"])
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        ("2026-12-01T10:00:00+02:00", "2026-12-01T08:00:00Z"),
+        ("2026-12-01t10:00:00.5z", "2026-12-01T10:00:00.500000Z"),
+        ("2026-12-01T10:00:00.123456789-00:30", "2026-12-01T10:30:00.123456Z"),
+        ("0001-01-02T00:00:00+23:59", "0001-01-01T00:01:00Z"),
+    ],
+)
+async def test_create_task_rfc3339_due_date_is_stored_in_utc(client: httpx.AsyncClient, sent: str, stored: str) -> None:
+    task = (await create(client, auth(new_user()), due_date=sent)).json()
+    assert task["due_date"] == stored
+
+
+async def test_create_task_title_is_trimmed_around_visible_text(client: httpx.AsyncClient) -> None:
+    task = (await create(client, auth(new_user()), title="\u3000 \u200bcall Sam\t ")).json()
+    assert task["title"] == "\u200bcall Sam"
+
+
+async def test_method_not_allowed_lists_every_method_of_the_path(client: httpx.AsyncClient) -> None:
+    headers = auth(new_user())
+    task_path = f"/api/tasks/{uuid.uuid4()}"
+    for method, path, allowed in [
+        ("PUT", "/api/tasks", "GET, POST"),
+        ("OPTIONS", "/api/tasks", "GET, POST"),
+        ("POST", task_path, "GET, PUT, PATCH, DELETE"),
+        ("OPTIONS", task_path, "GET, PUT, PATCH, DELETE"),
+        ("DELETE", "/health", "GET"),
+    ]:
+        response = await client.request(method, path, headers=headers)
+        assert_problem(response, 405)
+        assert response.headers["allow"] == allowed, (method, path)
 
 
 async def test_create_task_accepts_limits_and_unicode(client: httpx.AsyncClient) -> None:

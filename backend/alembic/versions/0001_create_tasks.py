@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import op
-from app.models.task import UTCDateTime
+from app.columns import UTCTimestamp
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -29,9 +29,9 @@ def upgrade() -> None:
         sa.Column("description", sa.Text(), nullable=True),
         sa.Column("status", sa.String(length=16), server_default="pending", nullable=False),
         sa.Column("priority", sa.String(length=8), server_default="medium", nullable=False),
-        sa.Column("due_date", UTCDateTime(), nullable=True),
-        sa.Column("created_at", UTCDateTime(), nullable=False),
-        sa.Column("updated_at", UTCDateTime(), nullable=False),
+        sa.Column("due_date", UTCTimestamp(), nullable=True),
+        sa.Column("created_at", UTCTimestamp(), nullable=False),
+        sa.Column("updated_at", UTCTimestamp(), nullable=False),
         sa.Column("version", sa.Integer(), server_default="1", nullable=False),
         sa.CheckConstraint("status IN ('pending', 'in_progress', 'completed')", name=op.f("ck_tasks_status")),
         sa.CheckConstraint("priority IN ('low', 'medium', 'high')", name=op.f("ck_tasks_priority")),

@@ -17,9 +17,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
 from app.auth.jwks import JWKSClient, JWKSUnavailable
+from app.columns import USER_ID_MAX, unstorable_reason
 from app.config import Settings
 from app.errors import ServiceUnavailable, Unauthorized
-from app.models.task import USER_ID_MAX, unstorable_reason
 
 logger = logging.getLogger("app.auth")
 

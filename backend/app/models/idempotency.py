@@ -8,7 +8,9 @@ from datetime import datetime
 from sqlalchemy import Column, Index, PrimaryKeyConstraint, String, Text, Uuid
 from sqlmodel import Field, SQLModel
 
-from app.models.task import USER_ID_MAX, UTCDateTime
+from app.columns import USER_ID_MAX, UTCTimestamp, table_metadata
+
+table_metadata()
 
 IDEMPOTENCY_KEY_MAX = 255
 
@@ -29,4 +31,4 @@ class IdempotencyKey(SQLModel, table=True):
     task_id: uuid.UUID | None = Field(default=None, sa_column=Column(Uuid(), nullable=True))
     etag: str | None = Field(default=None, sa_column=Column(String(32), nullable=True))
     response_body: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))
-    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCTimestamp(), nullable=False))

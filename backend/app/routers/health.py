@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from app.database import Db
 from app.errors import ServiceUnavailable, is_database_unavailable
-from app.routers.responses import problem_responses
+from app.openapi import problem_responses
 
 router = APIRouter(tags=["health"])
 
@@ -29,7 +29,7 @@ class Health(BaseModel):
     operation_id="getHealth",
     summary="Health check",
     response_description="The service and its database are up.",
-    responses=problem_responses(503),
+    responses=problem_responses(ServiceUnavailable),
 )
 async def health(db: Db) -> Health:
     """200 when the database answers, 503 problem+json when it does not."""

@@ -1,4 +1,4 @@
-"""Task routes: parse, call the service, shape the response."""
+"""Task routes: parse, call the service, map its result to a status, headers and the rendered task."""
 
 from __future__ import annotations
 
@@ -9,11 +9,30 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from app.auth.jwt import CurrentUser
 from app.database import Db
+from app.errors import (
+    ContentTooLarge,
+    Forbidden,
+    MalformedRequest,
+    NotFound,
+    PreconditionFailed,
+    ServiceUnavailable,
+    Unauthorized,
+    ValidationFailed,
+)
 from app.models.idempotency import IDEMPOTENCY_KEY_MAX
-from app.routers.responses import header_refs, idempotency_key_reuse_422, problem_responses
-from app.schemas.task import TaskCreate, TaskListQuery, TaskPage, TaskPatch, TaskRead, TaskReplace
-from app.services import idempotency
+from app.openapi import header_refs, problem_responses
+from app.schemas.task import (
+    TaskCreate,
+    TaskListQuery,
+    TaskPage,
+    TaskPatch,
+    TaskRead,
+    TaskReplace,
+    render_page,
+    render_task,
+)
 from app.services import tasks as service
+from app.services.idempotency import IdempotencyKeyReused
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
@@ -32,9 +51,10 @@ def _if_match(value: str | None) -> list[str] | None:
     return [tag.strip() for tag in value.split(",") if tag.strip()]
 
 
-def _task_response(result: service.VersionedTask) -> Response:
-    # The service already produced TaskRead's exact JSON: send it as is, with the ETag.
-    return Response(result.body, headers={"ETag": result.etag}, media_type="application/json")
+def _task_response(result: service.VersionedTask, status_code: int = 200, **headers: str) -> Response:
+    return Response(
+        render_task(result.task), status_code, headers={"ETag": result.etag, **headers}, media_type="application/json"
+    )
 
 
 _ETAG_HEADER: dict[str, Any] = header_refs("ETag")
@@ -73,8 +93,9 @@ IdempotencyKeyHeader = Annotated[
                 },
             }
         },
-        **problem_responses(400, 401, 413, 422, 503),
-        **idempotency_key_reuse_422(),
+        **problem_responses(
+            MalformedRequest, Unauthorized, ContentTooLarge, ValidationFailed, IdempotencyKeyReused, ServiceUnavailable
+        ),
     },
 )
 async def create_task(
@@ -86,23 +107,11 @@ async def create_task(
 ) -> Response:
     """Create a task owned by the caller."""
     async with db.transaction() as conn:
-        if idempotency_key is not None:
-            body_fingerprint = idempotency.fingerprint(body.model_dump(mode="json"))
-            stored = await idempotency.claim(conn, user, idempotency_key, body_fingerprint)
-            if stored is not None:
-                return _created(request, stored, replayed=True)
-        result = await service.create_task(conn, user, body)
-        response = idempotency.StoredResponse(result.id, result.etag, result.body)
-        if idempotency_key is not None:
-            await idempotency.remember(conn, user, idempotency_key, response)
-    return _created(request, response, replayed=False)
-
-
-def _created(request: Request, stored: idempotency.StoredResponse, *, replayed: bool) -> Response:
-    headers = {"ETag": stored.etag, "Location": request.url_for("get_task", task_id=stored.task_id).path}
-    if replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return Response(stored.body, status_code=201, headers=headers, media_type="application/json")
+        created = await service.create_task(conn, user, body, idempotency_key)
+    location = request.url_for("get_task", task_id=created.task.id).path
+    if created.replayed:
+        return _task_response(created.task, 201, Location=location, **{"Idempotent-Replayed": "true"})
+    return _task_response(created.task, 201, Location=location)
 
 
 @router.get(
@@ -111,13 +120,14 @@ def _created(request: Request, stored: idempotency.StoredResponse, *, replayed: 
     response_description="One page of the matching tasks.",
     summary="List the caller's tasks",
     response_model=TaskPage,
-    responses=problem_responses(401, 422, 503),
+    responses=problem_responses(Unauthorized, ValidationFailed, ServiceUnavailable),
 )
 async def list_tasks(query: Annotated[TaskListQuery, Query()], user: CurrentUser, db: Db) -> Response:
     """Filter, search, sort and page through the caller's tasks."""
     async with db.reader() as conn:
         page = await service.list_tasks(conn, user, query)
-    return Response(page, media_type="application/json")
+    body = render_page(page.items, total=page.total, limit=page.limit, offset=page.offset)
+    return Response(body, media_type="application/json")
 
 
 @router.get(
@@ -127,7 +137,10 @@ async def list_tasks(query: Annotated[TaskListQuery, Query()], user: CurrentUser
     name="get_task",
     summary="Get one task",
     response_model=TaskRead,
-    responses={200: {"headers": _ETAG_HEADER}, **problem_responses(401, 403, 404, 422, 503)},
+    responses={
+        200: {"headers": _ETAG_HEADER},
+        **problem_responses(Unauthorized, Forbidden, NotFound, ValidationFailed, ServiceUnavailable),
+    },
 )
 async def get_task(task_id: uuid.UUID, user: CurrentUser, db: Db) -> Response:
     """One of the caller's tasks."""
@@ -142,7 +155,19 @@ async def get_task(task_id: uuid.UUID, user: CurrentUser, db: Db) -> Response:
     response_description="The task as replaced.",
     summary="Replace a task",
     response_model=TaskRead,
-    responses={200: {"headers": _ETAG_HEADER}, **problem_responses(400, 401, 403, 404, 412, 413, 422, 503)},
+    responses={
+        200: {"headers": _ETAG_HEADER},
+        **problem_responses(
+            MalformedRequest,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            PreconditionFailed,
+            ContentTooLarge,
+            ValidationFailed,
+            ServiceUnavailable,
+        ),
+    },
 )
 async def replace_task(
     task_id: uuid.UUID,
@@ -163,7 +188,19 @@ async def replace_task(
     response_description="The task as updated.",
     summary="Update some fields of a task",
     response_model=TaskRead,
-    responses={200: {"headers": _ETAG_HEADER}, **problem_responses(400, 401, 403, 404, 412, 413, 422, 503)},
+    responses={
+        200: {"headers": _ETAG_HEADER},
+        **problem_responses(
+            MalformedRequest,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            PreconditionFailed,
+            ContentTooLarge,
+            ValidationFailed,
+            ServiceUnavailable,
+        ),
+    },
 )
 async def update_task(
     task_id: uuid.UUID,
@@ -184,7 +221,9 @@ async def update_task(
     operation_id="deleteTask",
     response_description="Deleted; no body.",
     summary="Delete a task",
-    responses=problem_responses(401, 403, 404, 412, 422, 503),
+    responses=problem_responses(
+        Unauthorized, Forbidden, NotFound, PreconditionFailed, ValidationFailed, ServiceUnavailable
+    ),
 )
 async def delete_task(task_id: uuid.UUID, user: CurrentUser, db: Db, if_match: IfMatch = None) -> Response:
     """Delete one of the caller's tasks."""

@@ -2,14 +2,41 @@
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+import orjson
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
-from app.models.task import DESCRIPTION_MAX, TITLE_MAX, USER_ID_MAX, TaskPriority, TaskStatus, unstorable_reason
+from app.columns import DESCRIPTION_MAX, TITLE_MAX, USER_ID_MAX, unstorable_reason
+from app.models.task import TaskPriority, TaskRow, TaskStatus
+
+# --- text -----------------------------------------------------------------------------------------
+# Every rule the server applies to a string is also in its schema (a `pattern`, or the description
+# where JSON Schema has no way to say it), so a request that is valid by the contract is accepted.
+
+# Characters that show nothing on their own: whitespace, controls and the Basic Multilingual Plane's
+# invisible format characters (Unicode categories Cc, Cf; e.g. U+200B, U+2060, U+FEFF) and Hangul
+# fillers. A title made only of these is blank. Written as ranges that mean the same in Python and
+# ECMA-262 regular expressions (no `\s`, whose members differ between the two).
+_BLANK_RANGES = (
+    (0x0000, 0x0020), (0x007F, 0x00A0), (0x00AD, 0x00AD), (0x0600, 0x0605), (0x061C, 0x061C),
+    (0x06DD, 0x06DD), (0x070F, 0x070F), (0x0890, 0x0891), (0x08E2, 0x08E2), (0x115F, 0x1160),
+    (0x1680, 0x1680), (0x180E, 0x180E), (0x2000, 0x200F), (0x2028, 0x202F), (0x205F, 0x2064),
+    (0x2066, 0x206F), (0x3000, 0x3000), (0x3164, 0x3164), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0),
+    (0xFFF9, 0xFFFB),
+)  # fmt: skip
+_BLANK = frozenset(chr(cp) for low, high in _BLANK_RANGES for cp in range(low, high + 1))
+_BLANK_CLASS = "".join(f"\\u{low:04X}" if low == high else f"\\u{low:04X}-\\u{high:04X}" for low, high in _BLANK_RANGES)
+# No NUL anywhere (PostgreSQL text cannot hold it) ...
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+# ... and at least one character that is not blank.
+TITLE_PATTERN = f"^[^\\u0000]*[^{_BLANK_CLASS}][^\\u0000]*$"
+_UNICODE_NOTE = "Valid Unicode text (no lone surrogates), without NUL characters."
 
 
 def _storable(value: str) -> str:
@@ -19,37 +46,85 @@ def _storable(value: str) -> str:
     return value
 
 
-def _not_blank(value: str) -> str:
-    if not value:
-        raise ValueError("must not be blank")
-    return value
-
-
-def _to_utc(value: datetime) -> datetime:
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
-        raise ValueError("is out of range once converted to UTC") from None
+def _title(value: str) -> str:
+    _storable(value)
+    if _BLANK.issuperset(value):
+        raise ValueError("must not be blank (whitespace or invisible characters only)")
+    # Stored without surrounding whitespace; the visible character checked above survives.
+    return value.strip()
 
 
 Title = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, max_length=TITLE_MAX),
-    AfterValidator(_not_blank),
-    AfterValidator(_storable),
-    Field(min_length=1, description="Trimmed; 1-255 characters after trimming.", examples=["Write the launch post"]),
+    # The limits apply to what is sent (before trimming), exactly as the contract states them.
+    Field(
+        min_length=1,
+        max_length=TITLE_MAX,
+        description=(
+            f"1-{TITLE_MAX} characters, at least one of them visible (not whitespace, a control or an "
+            f"invisible format character); stored without leading and trailing whitespace. {_UNICODE_NOTE}"
+        ),
+        examples=["Write the launch post"],
+        json_schema_extra={"pattern": TITLE_PATTERN},
+    ),
+    AfterValidator(_title),
 ]
 Description = Annotated[
     str,
-    StringConstraints(max_length=DESCRIPTION_MAX),
-    AfterValidator(_storable),
-    Field(examples=["Draft, review with Sam, publish on Friday"]),
-]
-UtcDateTime = Annotated[
-    AwareDatetime,
-    AfterValidator(_to_utc),
     Field(
-        description="RFC 3339 with an offset (a naive time is a 422); stored in UTC.", examples=["2026-12-01T17:00:00Z"]
+        max_length=DESCRIPTION_MAX,
+        description=f"Up to {DESCRIPTION_MAX} characters. {_UNICODE_NOTE}",
+        examples=["Draft, review with Sam, publish on Friday"],
+        json_schema_extra={"pattern": NO_NUL_PATTERN},
+    ),
+    AfterValidator(_storable),
+]
+SEARCH_MAX = 200
+SearchText = Annotated[
+    str,
+    Field(min_length=1, max_length=SEARCH_MAX, json_schema_extra={"pattern": NO_NUL_PATTERN}),
+    AfterValidator(_storable),
+]
+
+# --- date-times -----------------------------------------------------------------------------------
+
+# RFC 3339 `date-time` with an offset. Two edges Python cannot hold are excluded, and said so in the
+# contract: a leap second (`:60`) and the first and last day of the calendar (0001-01-01,
+# 9999-12-31), where an offset can move the instant outside years 1-9999 once converted to UTC.
+RFC3339_PATTERN = (
+    r"^(?!0001-01-01|9999-12-31)[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+_RFC3339 = re.compile(RFC3339_PATTERN, re.ASCII)
+_RFC3339_DESCRIPTION = (
+    "RFC 3339 with an offset (e.g. `2026-12-01T17:00:00Z` or `2026-12-01T18:00:00+01:00`); stored in UTC. "
+    "Not a number, not without an offset; no leap second, not on 0001-01-01 or 9999-12-31."
+)
+
+
+def _rfc3339(value: object) -> datetime:
+    # A string in RFC 3339's exact shape only: pydantic alone would also take numbers (Unix time),
+    # booleans' cousins and offset-less times.
+    if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
+        raise ValueError("must be an RFC 3339 date-time with an offset, such as 2026-12-01T17:00:00Z")
+    try:
+        parsed = datetime.fromisoformat(value.upper())
+    except ValueError:  # e.g. February 30th, or an offset of 24 hours
+        raise ValueError("is not a valid date-time") from None
+    return parsed.astimezone(UTC)
+
+
+RFC3339DateTime = Annotated[
+    datetime,
+    BeforeValidator(_rfc3339),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": RFC3339_PATTERN,
+            "description": _RFC3339_DESCRIPTION,
+            "examples": ["2026-12-01T17:00:00Z"],
+        }
     ),
 ]
 
@@ -80,7 +155,7 @@ class TaskCreate(_Body):
     description: Description | None = None
     status: TaskStatus = TaskStatus.pending
     priority: TaskPriority = TaskPriority.medium
-    due_date: UtcDateTime | None = None
+    due_date: RFC3339DateTime | None = None
 
 
 class TaskReplace(TaskCreate):
@@ -92,11 +167,11 @@ class TaskPatch(_Body):
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"status": "completed"}]})
 
-    title: Title = None  # type: ignore[assignment]  # absent is allowed, explicit null is rejected below
+    title: Title = None  # type: ignore[assignment]  # may be absent, but not null (the type has no None)
     description: Description | None = None
     status: TaskStatus = None  # type: ignore[assignment]
     priority: TaskPriority = None  # type: ignore[assignment]
-    due_date: UtcDateTime | None = None
+    due_date: RFC3339DateTime | None = None
 
     def changes(self) -> dict[str, Any]:
         """The fields the client actually sent, as column values."""
@@ -158,14 +233,38 @@ class TaskListQuery(BaseModel):
 
     status: TaskStatus | None = None
     priority: TaskPriority | None = None
-    due_before: UtcDateTime | None = Field(default=None, description="Only tasks due strictly before this instant.")
-    due_after: UtcDateTime | None = Field(default=None, description="Only tasks due strictly after this instant.")
-    q: Annotated[str, AfterValidator(_storable)] | None = Field(
+    due_before: RFC3339DateTime | None = Field(default=None, description="Only tasks due strictly before this instant.")
+    due_after: RFC3339DateTime | None = Field(default=None, description="Only tasks due strictly after this instant.")
+    q: SearchText | None = Field(
         default=None,
-        min_length=1,
-        max_length=200,
-        description="Case-insensitive substring of title or description.",
+        description=f"Case-insensitive substring of title or description; 1-{SEARCH_MAX} characters. {_UNICODE_NOTE}",
     )
     sort: TaskSort = TaskSort.created_at_desc
     limit: int = Field(default=50, ge=1, le=100)
     offset: int = Field(default=0, ge=0, le=1_000_000)
+
+
+# --- the one rendering of a task ----------------------------------------------------------------
+# orjson writes UTC datetimes ("...Z") exactly as pydantic serializes TaskRead; asyncpg's own UUID
+# class is not one orjson knows, so it goes through `str`. tests/test_schemas.py pins the bytes.
+_JSON_OPTIONS = orjson.OPT_UTC_Z
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=str, option=_JSON_OPTIONS)
+
+
+def render_task(task: TaskRow) -> bytes:
+    """A task as the JSON of TaskRead."""
+    return _dumps(task)
+
+
+def render_page(items: Sequence[TaskRow], *, total: int, limit: int, offset: int) -> bytes:
+    """A page of tasks as the JSON of TaskPage."""
+    return _dumps({"items": items, "total": total, "limit": limit, "offset": offset})
+
+
+def task_json(task: TaskRow) -> dict[str, Any]:
+    """A task as the JSON value TaskRead describes (strings for ids and times), for non-HTTP doors."""
+    value: dict[str, Any] = orjson.loads(render_task(task))
+    return value

@@ -30,14 +30,15 @@ class IdempotencyKeyReused(Problem):
     """The key was first used with a different request body."""
 
     status = 422
+    description = "This Idempotency-Key was already used with a different request body."
 
 
 @dataclass(frozen=True)
 class StoredResponse:
-    """The first response given for a key."""
+    """What the first request with a key created: the task's id, version and JSON as first returned."""
 
     task_id: uuid.UUID
-    etag: str
+    version: int
     body: bytes
 
 
@@ -69,8 +70,8 @@ async def claim(conn: AsyncConnection, owner_id: str, key: str, body_fingerprint
     else:
         raise ServiceUnavailable("The Idempotency-Key is being reused concurrently; retry.")
     if row.fingerprint != body_fingerprint:
-        raise IdempotencyKeyReused("This Idempotency-Key was already used with a different request body.")
-    return StoredResponse(task_id=row.task_id, etag=row.etag, body=row.response_body.encode())
+        raise IdempotencyKeyReused()
+    return StoredResponse(task_id=row.task_id, version=int(row.etag.strip('"')), body=row.response_body.encode())
 
 
 async def remember(conn: AsyncConnection, owner_id: str, key: str, response: StoredResponse) -> None:
@@ -78,5 +79,5 @@ async def remember(conn: AsyncConnection, owner_id: str, key: str, response: Sto
     await conn.execute(
         update(keys)
         .where(k.user_id == owner_id, k.key == key)
-        .values(task_id=response.task_id, etag=response.etag, response_body=response.body.decode())
+        .values(task_id=response.task_id, etag=f'"{response.version}"', response_body=response.body.decode())
     )

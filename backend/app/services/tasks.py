@@ -1,8 +1,11 @@
 """Every task query. Each function takes the owner's id as a required argument and scopes by it,
-so no handler can forget isolation. Statements are SQLAlchemy Core on a plain connection, and rows
-go straight to JSON in the exact shape of `TaskRead` (no ORM instances, no second validation of
-our own data on the hot path). Conditional writes check the version inside the UPDATE/DELETE
-statement itself, so concurrent writers holding the same ETag cannot both win.
+so no handler can forget isolation, and returns typed results (never HTTP bodies) that REST, agent
+tools and the change feed all present in their own way.
+
+Statements are SQLAlchemy Core, built once per shape, on a plain connection; rows become plain
+dicts of the public fields (no ORM instances, no second validation of our own data on the hot
+path). Conditional writes check the version inside the UPDATE/DELETE statement itself, so
+concurrent writers holding the same ETag cannot both win.
 """
 
 from __future__ import annotations
@@ -10,11 +13,11 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
-import orjson
 from sqlalchemy import (
     ColumnElement,
     Row,
@@ -32,22 +35,66 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import Executable
 
 from app.errors import Forbidden, NotFound, PreconditionFailed
-from app.models.task import Task, TaskPriority
-from app.schemas.task import TaskCreate, TaskListQuery, TaskRead, TaskSort
+from app.models.task import TASK_FIELDS, Task, TaskPriority, TaskRow
+from app.schemas.task import TaskCreate, TaskListQuery, TaskRead, TaskSort, render_task
+from app.services import idempotency
 
 tasks = Task.__table__  # type: ignore[attr-defined]
 c = tasks.c
-# Exactly the fields of TaskRead, in its order; the version is the ETag.
-_TASK_FIELDS = tuple(TaskRead.model_fields)
-_TASK_COLUMNS = tuple(c[name] for name in _TASK_FIELDS)
+_TASK_COLUMNS = tuple(c[name] for name in TASK_FIELDS)
 _READ_COLUMNS = (*_TASK_COLUMNS, c.version)
-# orjson writes UTC datetimes ("...Z") exactly as pydantic serializes TaskRead; asyncpg's own UUID
-# class is not one orjson knows, so it goes through `str`.
-_JSON_OPTIONS = orjson.OPT_UTC_Z
 
 
-def _dumps(value: Any) -> bytes:
-    return orjson.dumps(value, default=str, option=_JSON_OPTIONS)
+@dataclass(frozen=True, slots=True)
+class VersionedTask:
+    """A task as stored, with its version (the ETag)."""
+
+    task: TaskRow
+    version: int
+
+    @property
+    def id(self) -> uuid.UUID:
+        """The task's id."""
+        return self.task["id"]
+
+    @property
+    def etag(self) -> str:
+        """The strong ETag of this version."""
+        return f'"{self.version}"'
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """A created task; `replayed` when an Idempotency-Key returned the task its first use created."""
+
+    task: VersionedTask
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    """One page of the owner's matching tasks; `total` counts every match."""
+
+    items: list[TaskRow]
+    total: int
+    limit: int
+    offset: int
+
+
+def _versioned(row: Row[Any]) -> VersionedTask:
+    values = row._asdict()
+    version = values.pop("version")
+    return VersionedTask(cast(TaskRow, values), version)
+
+
+def _page_item(row: Row[Any]) -> TaskRow:
+    values = row._asdict()
+    del values["total"]
+    return cast(TaskRow, values)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 _PRIORITY_RANK = case({p.value: rank for rank, p in enumerate(TaskPriority)}, value=c.priority)
@@ -60,31 +107,6 @@ _SORT_KEYS: dict[str, ColumnElement[Any]] = {
 }
 
 
-class VersionedTask:
-    """A task read from the database: its JSON body, id and version (the ETag)."""
-
-    __slots__ = ("body", "id", "version")
-
-    def __init__(self, row: Row[*tuple[Any, ...]]) -> None:
-        mapping = row._mapping
-        self.id: uuid.UUID = mapping["id"]
-        self.version: int = mapping["version"]
-        self.body = _dumps(_task_dict(row))
-
-    @property
-    def etag(self) -> str:
-        """The strong ETag of this representation."""
-        return f'"{self.version}"'
-
-
-def _task_dict(row: Row[*tuple[Any, ...]]) -> dict[str, Any]:
-    return dict(zip(_TASK_FIELDS, row, strict=False))
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 # Statements are built once per shape and reused with bound values: building and cache-keying a
 # SQLAlchemy statement costs more CPU than running it.
 _SCOPE = (c.id == bindparam("task_id"), c.user_id == bindparam("owner_id"))
@@ -94,8 +116,20 @@ _OWNER = select(c.user_id).where(c.id == bindparam("task_id"))
 _VERSION_IN = c.version.in_(bindparam("versions", expanding=True))
 
 
-async def create_task(conn: AsyncConnection, owner_id: str, data: TaskCreate) -> VersionedTask:
-    """Insert a new task owned by `owner_id`."""
+async def create_task(
+    conn: AsyncConnection, owner_id: str, data: TaskCreate, idempotency_key: str | None = None
+) -> Created:
+    """Insert a new task owned by `owner_id`.
+
+    With an `idempotency_key` (run inside a transaction), a retry with the same key and body returns
+    the task the first request created instead of creating another; a different body is a 422.
+    """
+    if idempotency_key is not None:
+        fingerprint = idempotency.fingerprint(data.model_dump(mode="json"))
+        stored = await idempotency.claim(conn, owner_id, idempotency_key, fingerprint)
+        if stored is not None:
+            first = TaskRead.model_validate_json(stored.body).model_dump()
+            return Created(VersionedTask(cast(TaskRow, first), stored.version), replayed=True)
     now = _now()
     values = {
         **data.model_dump(),
@@ -105,8 +139,11 @@ async def create_task(conn: AsyncConnection, owner_id: str, data: TaskCreate) ->
         "updated_at": now,
         "version": 1,
     }
-    row = (await conn.execute(_INSERT, values)).one()
-    return VersionedTask(row)
+    created = _versioned((await conn.execute(_INSERT, values)).one())
+    if idempotency_key is not None:
+        stored = idempotency.StoredResponse(created.id, created.version, render_task(created.task))
+        await idempotency.remember(conn, owner_id, idempotency_key, stored)
+    return Created(created, replayed=False)
 
 
 async def get_task(conn: AsyncConnection, owner_id: str, task_id: uuid.UUID) -> VersionedTask:
@@ -114,7 +151,7 @@ async def get_task(conn: AsyncConnection, owner_id: str, task_id: uuid.UUID) -> 
     row = (await conn.execute(_GET, {"task_id": task_id, "owner_id": owner_id})).one_or_none()
     if row is None:
         raise await _miss(conn, owner_id, task_id)
-    return VersionedTask(row)
+    return _versioned(row)
 
 
 async def update_task(
@@ -129,7 +166,7 @@ async def update_task(
     if not changes:
         current = await get_task(conn, owner_id, task_id)
         if versions is not None and current.version not in versions:
-            raise PreconditionFailed("The task has changed or was deleted since you read it (ETag mismatch).")
+            raise PreconditionFailed()
         return current
     params = {f"new_{name}": value for name, value in changes.items()}
     params.update(task_id=task_id, owner_id=owner_id, now=_now(), versions=versions)
@@ -137,7 +174,7 @@ async def update_task(
     row = (await conn.execute(stmt, params)).one_or_none()
     if row is None:
         raise await _miss(conn, owner_id, task_id, conditional=if_match is not None)
-    return VersionedTask(row)
+    return _versioned(row)
 
 
 async def delete_task(conn: AsyncConnection, owner_id: str, task_id: uuid.UUID, if_match: Sequence[str] | None) -> None:
@@ -148,8 +185,8 @@ async def delete_task(conn: AsyncConnection, owner_id: str, task_id: uuid.UUID, 
         raise await _miss(conn, owner_id, task_id, conditional=if_match is not None)
 
 
-async def list_tasks(conn: AsyncConnection, owner_id: str, query: TaskListQuery) -> bytes:
-    """One page of the owner's tasks matching `query` as TaskPage JSON, with the total count."""
+async def list_tasks(conn: AsyncConnection, owner_id: str, query: TaskListQuery) -> TaskPage:
+    """One page of the owner's tasks matching `query`, with the total count."""
     params: dict[str, Any] = {
         "owner_id": owner_id,
         "status": query.status,
@@ -165,8 +202,7 @@ async def list_tasks(conn: AsyncConnection, owner_id: str, query: TaskListQuery)
     rows = (await conn.execute(page_statement, params)).all()
     # Past the last page there is no row for the count to ride on: count separately.
     total = int(rows[0]._mapping["total"] if rows else (await conn.execute(count_statement, params)).scalar_one())
-    page = {"items": [_task_dict(row) for row in rows], "total": total, "limit": query.limit, "offset": query.offset}
-    return _dumps(page)
+    return TaskPage([_page_item(row) for row in rows], total, query.limit, query.offset)
 
 
 _FILTERS: dict[str, ColumnElement[bool]] = {
@@ -247,7 +283,7 @@ async def _miss(conn: AsyncConnection, owner_id: str, task_id: uuid.UUID, *, con
     """
     owner = (await conn.execute(_OWNER, {"task_id": task_id})).scalar_one_or_none()
     if owner is not None and owner != owner_id:
-        return Forbidden("This task belongs to another user.")
+        return Forbidden()
     if conditional:
-        return PreconditionFailed("The task has changed or was deleted since you read it (ETag mismatch).")
-    return NotFound("No task with this id.")
+        return PreconditionFailed()
+    return NotFound()

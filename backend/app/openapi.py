@@ -1,5 +1,5 @@
-"""OpenAPI-only declarations: the problem+json error responses and headers every router shares, and
-`refine_openapi`, the finishing pass over the generated document. Nothing here changes runtime behaviour.
+"""The OpenAPI document: the problem+json responses and headers routes declare, and the finishing
+pass over what FastAPI generates. Nothing here changes runtime behaviour.
 """
 
 from __future__ import annotations
@@ -7,9 +7,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.errors import PROBLEM_JSON
+from app.errors import PROBLEM_JSON, Problem
 from app.middleware import REQUEST_ID_PATTERN  # documented exactly as the middleware checks it
 
 
@@ -54,18 +56,6 @@ class ValidationProblemDetail(ProblemDetail):
     errors: list[ValidationIssue] = Field(min_length=1)
 
 
-_DESCRIPTIONS = {
-    400: "The body could not be decoded as JSON text (e.g. it is not valid UTF-8).",
-    401: "Missing, malformed, expired or otherwise invalid bearer token.",
-    403: "The task belongs to another user.",
-    404: "No task with this id.",
-    412: "If-Match did not match the task's current ETag; nothing was changed.",
-    413: "The request body is larger than the server's limit (1 MiB by default).",
-    422: "The request is not valid; `errors` lists each problem.",
-    503: "The database (or the JWKS endpoint) is unreachable; retry after `Retry-After` seconds.",
-}
-# Headers a response of that code always carries (errors.Unauthorized, errors.ServiceUnavailable).
-_PROBLEM_HEADERS = {401: "WWW-Authenticate", 503: "Retry-After"}
 _DEFAULT_DESCRIPTION = "Any other error (e.g. 500 for an unexpected failure), also problem+json."
 
 _OPERATIONS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -127,37 +117,31 @@ def _ref(schema: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{schema}"}
 
 
-def _problem(
-    description: str, schema: str | dict[str, Any] = "ProblemDetail", headers: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    response: dict[str, Any] = {
-        "description": description,
-        "content": {PROBLEM_JSON: {"schema": _ref(schema) if isinstance(schema, str) else schema}},
-    }
+def _problem(description: str, schema: dict[str, Any], headers: tuple[str, ...] = ()) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": {PROBLEM_JSON: {"schema": schema}}}
     if headers:
         response["headers"] = header_refs(*headers)
     return response
 
 
-def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """`responses=` entries for the given error codes, all problem+json (422 with `errors`)."""
-    return {
-        code: _problem(
-            _DESCRIPTIONS[code],
-            "ValidationProblemDetail" if code == 422 else "ProblemDetail",
-            (_PROBLEM_HEADERS[code],) if code in _PROBLEM_HEADERS else (),
-        )
-        for code in codes
-    }
+def problem_responses(*problems: type[Problem]) -> dict[int | str, dict[str, Any]]:
+    """`responses=` entries for the errors a route can raise, each described by its Problem class.
 
-
-def idempotency_key_reuse_422() -> dict[int | str, dict[str, Any]]:
-    """The 422 of a route with Idempotency-Key: invalid input (with `errors`) or a reused key (without)."""
-    description = (
-        "The request is not valid (`errors` lists each problem), or its Idempotency-Key was already used "
-        "with a different body (no `errors`)."
-    )
-    return {422: _problem(description, {"anyOf": [_ref("ValidationProblemDetail"), _ref("ProblemDetail")]})}
+    Classes that share a status (a 422 for invalid input and one for a reused Idempotency-Key) are
+    one response whose schema is either of theirs and whose description names each case.
+    """
+    by_status: dict[int, list[type[Problem]]] = {}
+    for problem in problems:
+        by_status.setdefault(problem.status, []).append(problem)
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status, classes in sorted(by_status.items()):
+        schemas = list(dict.fromkeys(problem.schema for problem in classes))
+        schema = _ref(schemas[0]) if len(schemas) == 1 else {"anyOf": [_ref(name) for name in schemas]}
+        headers = tuple(dict.fromkeys(header for problem in classes for header in problem.documented_headers))
+        descriptions = [problem.description for problem in classes]
+        description = descriptions[0] if len(descriptions) == 1 else "".join(f"- {d}\n" for d in descriptions)
+        responses[status] = _problem(description, schema, headers)
+    return responses
 
 
 def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
@@ -186,10 +170,23 @@ def refine_openapi(schema: dict[str, Any]) -> None:
     for path_item in schema.get("paths", {}).values():
         for operation in (path_item[method] for method in _OPERATIONS if method in path_item):
             responses = operation.setdefault("responses", {})
-            responses.setdefault("default", _problem(_DEFAULT_DESCRIPTION))
+            responses.setdefault("default", _problem(_DEFAULT_DESCRIPTION, _ref("ProblemDetail")))
             for response in responses.values():
                 # A new dict: the router's `headers` may be a module constant shared by routes.
                 response["headers"] = {**response.get("headers", {}), **header_refs("X-Request-ID")}
             for parameter in operation.get("parameters", []):
                 if parameter.get("in") in ("query", "header"):
                     parameter["schema"] = _without_null(parameter["schema"])
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Make `app.openapi()` return the generated document with the refinements above, built once."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            refine_openapi(schema)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
