@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -24,7 +25,8 @@ logger = logging.getLogger("app.errors")
 class Problem(Exception):
     """A domain error that knows its HTTP status; the handler below renders it as problem+json.
 
-    `description` is what the OpenAPI document says of this error (app/openapi.py reads it) and
+    A subclass states its status (and any headers it always sends) in its class line, and its
+    docstring is its `description`: what the OpenAPI document says of it (app/openapi.py) and
     the detail when the raise site gives none, so each text is written once.
     """
 
@@ -37,6 +39,15 @@ class Problem(Exception):
     title: str | None = None
     type: str = "about:blank"
 
+    def __init_subclass__(
+        cls, *, status: int | None = None, headers: tuple[str, ...] = (), schema: str | None = None
+    ) -> None:
+        super().__init_subclass__()
+        cls.status = status or cls.status
+        cls.description = inspect.cleandoc(cls.__doc__ or cls.description)
+        cls.documented_headers = headers or cls.documented_headers
+        cls.schema = schema or cls.schema
+
     def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
         self.detail = detail or self.description
         super().__init__(self.detail)
@@ -44,73 +55,46 @@ class Problem(Exception):
         self.extra = extra
 
 
-class MalformedRequest(Problem):
-    """The request could not be read (undecodable body, invalid Content-Length)."""
-
-    status = 400
-    description = "The body could not be decoded as JSON text (e.g. it is not valid UTF-8)."
+class MalformedRequest(Problem, status=400):
+    """The body could not be decoded as JSON text (e.g. it is not valid UTF-8)."""
 
 
-class Unauthorized(Problem):
-    """The bearer token is missing or invalid (RFC 6750)."""
+class Forbidden(Problem, status=403):
+    """The task belongs to another user."""
 
-    status = 401
-    description = "Missing, malformed, expired or otherwise invalid bearer token."
-    documented_headers = ("WWW-Authenticate",)
+
+class Unauthorized(Problem, status=401, headers=("WWW-Authenticate",)):
+    """Missing, malformed, expired or otherwise invalid bearer token."""
 
     def __init__(self, detail: str, *, error: str | None = "invalid_token") -> None:
         challenge = 'Bearer realm="tasks"'
         if error is not None:
-            # Only fixed, token-free text goes into the header.
+            # Only fixed, token-free text goes into the header (RFC 6750 3).
             challenge += f', error="{error}", error_description="{detail}"'
         super().__init__(detail, headers={"WWW-Authenticate": challenge})
 
 
-class Forbidden(Problem):
-    """The task exists but belongs to someone else."""
-
-    status = 403
-    description = "This task belongs to another user."
-
-
-class NotFound(Problem):
+class NotFound(Problem, status=404):
     """No task with this id."""
 
-    status = 404
-    description = "No task with this id."
+
+class PreconditionFailed(Problem, status=412):
+    """The task has changed or was deleted since you read it (ETag mismatch); nothing was changed."""
 
 
-class PreconditionFailed(Problem):
-    """`If-Match` did not match the current ETag."""
-
-    status = 412
-    description = "The task has changed or was deleted since you read it (ETag mismatch); nothing was changed."
-
-
-class ContentTooLarge(Problem):
-    """The request body is over MAX_BODY_BYTES."""
-
-    status = 413
-    description = "The request body is larger than the server's limit (1 MiB by default)."
-
-
-class ValidationFailed(Problem):
-    """The request does not match its schema; rendered from RequestValidationError with `errors`."""
-
-    status = 422
-    description = "The request is not valid; `errors` lists each problem."
-    schema = "ValidationProblemDetail"
-
-
-class ServiceUnavailable(Problem):
-    """A dependency (the database, the JWKS endpoint) cannot be reached right now."""
-
-    status = 503
-    description = "The database (or the JWKS endpoint) is unreachable; retry after `Retry-After` seconds."
-    documented_headers = ("Retry-After",)
+class ServiceUnavailable(Problem, status=503, headers=("Retry-After",)):
+    """The database (or the JWKS endpoint) is unreachable; retry after `Retry-After` seconds."""
 
     def __init__(self, detail: str | None = None, **extra: Any) -> None:
         super().__init__(detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}, **extra)
+
+
+class ContentTooLarge(Problem, status=413):
+    """The request body is larger than the server's limit (1 MiB by default)."""
+
+
+class ValidationFailed(Problem, status=422, schema="ValidationProblemDetail"):
+    """The request is not valid; `errors` lists each problem."""
 
 
 def problem_response(

@@ -58,6 +58,24 @@ def _task_response(result: service.VersionedTask, status_code: int = 200, **head
 
 
 _ETAG_HEADER: dict[str, Any] = header_refs("ETag")
+# PUT and PATCH answer alike.
+_WRITE_ROUTE: dict[str, Any] = {
+    "response_model": TaskRead,
+    "response_description": "The task as written.",
+    "responses": {
+        200: {"headers": _ETAG_HEADER},
+        **problem_responses(
+            MalformedRequest,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            PreconditionFailed,
+            ContentTooLarge,
+            ValidationFailed,
+            ServiceUnavailable,
+        ),
+    },
+}
 
 
 IdempotencyKeyHeader = Annotated[
@@ -149,69 +167,25 @@ async def get_task(task_id: uuid.UUID, user: CurrentUser, db: Db) -> Response:
     return _task_response(task)
 
 
-@router.put(
-    "/{task_id}",
-    operation_id="replaceTask",
-    response_description="The task as replaced.",
-    summary="Replace a task",
-    response_model=TaskRead,
-    responses={
-        200: {"headers": _ETAG_HEADER},
-        **problem_responses(
-            MalformedRequest,
-            Unauthorized,
-            Forbidden,
-            NotFound,
-            PreconditionFailed,
-            ContentTooLarge,
-            ValidationFailed,
-            ServiceUnavailable,
-        ),
-    },
-)
+@router.put("/{task_id}", operation_id="replaceTask", summary="Replace a task", **_WRITE_ROUTE)
 async def replace_task(
-    task_id: uuid.UUID,
-    body: TaskReplace,
-    user: CurrentUser,
-    db: Db,
-    if_match: IfMatch = None,
+    task_id: uuid.UUID, body: TaskReplace, user: CurrentUser, db: Db, if_match: IfMatch = None
 ) -> Response:
     """Replace every field; omitted optional fields go back to their defaults."""
-    async with db.transaction() as conn:
-        task = await service.update_task(conn, user, task_id, body.model_dump(), _if_match(if_match))
-    return _task_response(task)
+    return await _update(db, user, task_id, body.model_dump(), if_match)
 
 
-@router.patch(
-    "/{task_id}",
-    operation_id="updateTask",
-    response_description="The task as updated.",
-    summary="Update some fields of a task",
-    response_model=TaskRead,
-    responses={
-        200: {"headers": _ETAG_HEADER},
-        **problem_responses(
-            MalformedRequest,
-            Unauthorized,
-            Forbidden,
-            NotFound,
-            PreconditionFailed,
-            ContentTooLarge,
-            ValidationFailed,
-            ServiceUnavailable,
-        ),
-    },
-)
+@router.patch("/{task_id}", operation_id="updateTask", summary="Update some fields of a task", **_WRITE_ROUTE)
 async def update_task(
-    task_id: uuid.UUID,
-    body: TaskPatch,
-    user: CurrentUser,
-    db: Db,
-    if_match: IfMatch = None,
+    task_id: uuid.UUID, body: TaskPatch, user: CurrentUser, db: Db, if_match: IfMatch = None
 ) -> Response:
     """Change only the fields given; `null` clears description or due_date."""
+    return await _update(db, user, task_id, body.changes(), if_match)
+
+
+async def _update(db: Db, user: str, task_id: uuid.UUID, changes: dict[str, Any], if_match: str | None) -> Response:
     async with db.transaction() as conn:
-        task = await service.update_task(conn, user, task_id, body.changes(), _if_match(if_match))
+        task = await service.update_task(conn, user, task_id, changes, _if_match(if_match))
     return _task_response(task)
 
 

@@ -26,11 +26,8 @@ keys = IdempotencyKey.__table__  # type: ignore[attr-defined]
 k = keys.c
 
 
-class IdempotencyKeyReused(Problem):
-    """The key was first used with a different request body."""
-
-    status = 422
-    description = "This Idempotency-Key was already used with a different request body."
+class IdempotencyKeyReused(Problem, status=422):
+    """The Idempotency-Key was already used with a different request body."""
 
 
 @dataclass(frozen=True)
