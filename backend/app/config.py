@@ -48,6 +48,10 @@ class DatabaseSettings(BaseSettings):
     DB_MAX_OVERFLOW: int = Field(default=0, ge=0, le=200)
     # Seconds to wait for a pooled connection or a new connection before answering 503.
     DB_CONNECT_TIMEOUT: float = Field(default=3.0, gt=0, le=60)
+    # Longest a single statement may run (a search over huge texts); over it the request gets 422.
+    DB_STATEMENT_TIMEOUT_MS: int = Field(default=5000, ge=100, le=600_000)
+    # Database slots one user may hold at once; the rest of the pool always serves everyone else.
+    DB_MAX_SLOTS_PER_USER: int = Field(default=4, ge=1, le=200)
 
     @field_validator("DATABASE_URL", "DATABASE_URL_DIRECT")
     @classmethod

@@ -9,7 +9,7 @@ import contextlib
 import re
 import ssl
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +17,11 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from app import statement_limits
+from app.errors import QueryTimeout, TooManyRequests
 
 # libpq URL parameters we translate for asyncpg (which rejects them as connect arguments).
 _TLS_PARAMS = ("sslmode", "sslrootcert", "channel_binding")
@@ -118,7 +122,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
 
 
 def create_engine(
-    raw_url: str, *, pool_size: int = 10, max_overflow: int = 0, connect_timeout: float = 3.0
+    raw_url: str,
+    *,
+    pool_size: int = 10,
+    max_overflow: int = 0,
+    connect_timeout: float = 3.0,
+    statement_timeout_ms: int | None = None,
 ) -> AsyncEngine:
     """An async engine for DATABASE_URL with pooling that survives dropped connections.
 
@@ -149,14 +158,28 @@ def create_engine(
     engine = create_async_engine(kwargs.pop("url", spec.url), **kwargs)
     if spec.is_sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    if statement_timeout_ms is not None:
+        statement_limits.install(engine, statement_timeout_ms, session_setting=not spec.behind_pooler)
     return engine
 
 
 class Database:
-    """The engine of one app instance: transactional and read-only connections, handed out fairly."""
+    """The engine of one app instance: transactional and read-only connections, handed out fairly.
+
+    Every request holds one of `connections` slots while it uses the database, and one owner holds
+    at most `per_owner` of them at once: a client that floods the API waits in its own queue (then
+    gets 429) while everyone else keeps being served.
+    """
 
     def __init__(
-        self, engine: AsyncEngine, *, connections: int = 10, wait_timeout: float = 3.0, ping_timeout: float = 4.0
+        self,
+        engine: AsyncEngine,
+        *,
+        connections: int = 10,
+        per_owner: int = 4,
+        wait_timeout: float = 3.0,
+        ping_timeout: float = 4.0,
+        local_timeout_ms: int | None = None,
     ) -> None:
         self.engine = engine
         # Reads are single statements (each one consistent by itself): no BEGIN/COMMIT round trips.
@@ -165,33 +188,60 @@ class Database:
         # to a waiter, so under load some requests wait far longer than others. A FIFO semaphore in
         # front of it (asyncio's does not let newcomers jump the queue) serves requests in order.
         self._slots = asyncio.Semaphore(connections)
+        self._per_owner = min(per_owner, connections)
+        self._owners: dict[str, _OwnerSlots] = {}
         self.wait_timeout = wait_timeout
         self.ping_timeout = ping_timeout
+        # Behind a transaction-mode pooler the statement time limit is set per transaction.
+        self._set_local_timeout = (
+            None if local_timeout_ms is None else text(statement_limits.local_setting(local_timeout_ms))
+        )
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """A connection in a transaction: commits when the block ends, rolls back if it raised."""
-        async with self._turn(), self.engine.begin() as connection:
+    async def transaction(self, owner: str) -> AsyncIterator[AsyncConnection]:
+        """A connection in a transaction for `owner`'s request: commits when the block ends, rolls
+        back if it raised.
+        """
+        async with self._turn(owner), _limited(self.engine.begin()) as connection:
+            if self._set_local_timeout is not None:
+                await connection.execute(self._set_local_timeout)
             yield connection
 
     @asynccontextmanager
-    async def reader(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads, each statement committed on its own."""
-        async with self._turn(), self.read_engine.connect() as connection:
+    async def reader(self, owner: str) -> AsyncIterator[AsyncConnection]:
+        """A connection for `owner`'s reads, each statement committed on its own."""
+        if self._set_local_timeout is not None:
+            # SET LOCAL needs a transaction: through a pooler reads run in one too.
+            async with self.transaction(owner) as connection:
+                yield connection
+            return
+        async with self._turn(owner), _limited(self.read_engine.connect()) as connection:
             yield connection
 
     @asynccontextmanager
-    async def _turn(self) -> AsyncIterator[None]:
-        if self._slots.locked():
-            # Waiting longer than a connect would take means the database is not keeping up: 503.
-            async with asyncio.timeout(self.wait_timeout):
-                await self._slots.acquire()
-        else:
-            await self._slots.acquire()
+    async def _turn(self, owner: str) -> AsyncIterator[None]:
+        slots = self._owners.get(owner)
+        if slots is None:
+            slots = self._owners[owner] = _OwnerSlots(self._per_owner)
+        slots.users += 1
         try:
-            yield
+            try:
+                await _acquire(slots.semaphore, self.wait_timeout)
+            except TimeoutError:
+                raise TooManyRequests("Too many of your requests are in progress at once; retry shortly.") from None
+            try:
+                # Waiting longer than a connect would take means the database is not keeping up: 503.
+                await _acquire(self._slots, self.wait_timeout)
+                try:
+                    yield
+                finally:
+                    self._slots.release()
+            finally:
+                slots.semaphore.release()
         finally:
-            self._slots.release()
+            slots.users -= 1
+            if slots.users == 0:
+                del self._owners[owner]
 
     async def ping(self) -> None:
         """Raise if the database cannot answer `SELECT 1` in time."""
@@ -204,13 +254,55 @@ class Database:
         await self.engine.dispose()
 
 
+class _OwnerSlots:
+    """One owner's share of the slots, kept while any of their requests holds or awaits one."""
+
+    __slots__ = ("semaphore", "users")
+
+    def __init__(self, size: int) -> None:
+        self.semaphore = asyncio.Semaphore(size)
+        self.users = 0
+
+
+async def _acquire(semaphore: asyncio.Semaphore, wait_timeout: float) -> None:
+    if semaphore.locked():
+        async with asyncio.timeout(wait_timeout):
+            await semaphore.acquire()
+    else:
+        await semaphore.acquire()
+
+
+@asynccontextmanager
+async def _limited(opening: AbstractAsyncContextManager[AsyncConnection]) -> AsyncIterator[AsyncConnection]:
+    """The connection `opening` gives, with a statement over its time limit turned into QueryTimeout,
+    and the statement of a request that was cancelled (its client went away) stopped.
+    """
+    try:
+        async with opening as connection:
+            try:
+                yield connection
+            except asyncio.CancelledError:
+                statement_limits.stop_statement(connection)
+                raise
+    except DBAPIError as exc:
+        if statement_limits.is_statement_timeout(exc):
+            raise QueryTimeout() from None
+        raise
+    except SQLAlchemyError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Cleaning up after the interrupted statement failed; the cancellation is what happened.
+            raise asyncio.CancelledError from None
+        raise
+
+
 async def get_database(request: Request) -> Database:
     """The app's Database, created in the lifespan."""
     database: Database = request.app.state.database
     return database
 
 
-# Handlers open what they need with `async with db.transaction()` (writes: one unit of work that
-# commits before the response is sent, or rolls back if the block raised) or `db.reader()`. A plain
+# Handlers open what they need with `async with db.transaction(owner)` (writes: one unit of work that
+# commits before the response is sent, or rolls back if the block raised) or `db.reader(owner)`. A plain
 # dependency rather than a yield dependency: FastAPI's generator machinery cost ~15% of a request.
 Db = Annotated[Database, Depends(get_database)]

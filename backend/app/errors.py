@@ -97,6 +97,17 @@ class ValidationFailed(Problem, status=422, schema="ValidationProblemDetail"):
     """The request is not valid; `errors` lists each problem."""
 
 
+class TooManyRequests(Problem, status=429, headers=("Retry-After",)):
+    """The caller has too many requests in progress; retry after `Retry-After` seconds."""
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+class QueryTimeout(Problem, status=422):
+    """The query took longer than the server allows (DB_STATEMENT_TIMEOUT_MS); narrow it (e.g. a longer `q`)."""
+
+
 def problem_response(
     status: int,
     detail: str | None = None,

@@ -14,8 +14,9 @@ from pydantic import ValidationError
 
 from app.auth.jwks import JWKSClient
 from app.auth.jwt import TokenVerifier
+from app.cancellation import CancelOnDisconnectMiddleware
 from app.config import Settings, config_error_line, get_settings
-from app.database import Database, create_engine
+from app.database import Database, create_engine, engine_spec
 from app.errors import install_error_handlers
 from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware
@@ -51,10 +52,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pool_size=settings.DB_POOL_SIZE,
             max_overflow=settings.DB_MAX_OVERFLOW,
             connect_timeout=settings.DB_CONNECT_TIMEOUT,
+            statement_timeout_ms=settings.DB_STATEMENT_TIMEOUT_MS,
         )
+        behind_pooler = engine_spec(settings.DATABASE_URL.get_secret_value(), connect_timeout=1).behind_pooler
         database = Database(
             engine,
             connections=settings.DB_POOL_SIZE + settings.DB_MAX_OVERFLOW,
+            per_owner=settings.DB_MAX_SLOTS_PER_USER,
+            local_timeout_ms=settings.DB_STATEMENT_TIMEOUT_MS if behind_pooler else None,
             wait_timeout=settings.DB_CONNECT_TIMEOUT,
             ping_timeout=settings.DB_CONNECT_TIMEOUT + 1,
         )
@@ -80,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tasks.router)
+    # Innermost: cancels the handler (and its database statement) when the client goes away.
+    app.add_middleware(CancelOnDisconnectMiddleware)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.CORS_ORIGINS,

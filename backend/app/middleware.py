@@ -10,6 +10,7 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.cancellation import CLIENT_GONE
 from app.errors import problem_response
 
 access_log = logging.getLogger("app.access")
@@ -74,6 +75,8 @@ class RequestContextMiddleware:
                 raise
             await problem_response(500, "An unexpected error occurred.")(scope, receive, send_with_id)
         finally:
+            if scope.get(CLIENT_GONE):
+                status = 499  # the client went away first (app.cancellation), as nginx logs it
             self._log(scope, status, started, request_id)
 
     async def _reject(self, status: int, request_id: str, scope: Scope, receive: Receive, send: Send) -> None:

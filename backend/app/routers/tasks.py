@@ -15,7 +15,9 @@ from app.errors import (
     MalformedRequest,
     NotFound,
     PreconditionFailed,
+    QueryTimeout,
     ServiceUnavailable,
+    TooManyRequests,
     Unauthorized,
     ValidationFailed,
 )
@@ -72,6 +74,7 @@ _WRITE_ROUTE: dict[str, Any] = {
             PreconditionFailed,
             ContentTooLarge,
             ValidationFailed,
+            TooManyRequests,
             ServiceUnavailable,
         ),
     },
@@ -112,7 +115,13 @@ IdempotencyKeyHeader = Annotated[
             }
         },
         **problem_responses(
-            MalformedRequest, Unauthorized, ContentTooLarge, ValidationFailed, IdempotencyKeyReused, ServiceUnavailable
+            MalformedRequest,
+            Unauthorized,
+            ContentTooLarge,
+            ValidationFailed,
+            IdempotencyKeyReused,
+            TooManyRequests,
+            ServiceUnavailable,
         ),
     },
 )
@@ -124,7 +133,7 @@ async def create_task(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Create a task owned by the caller."""
-    async with db.transaction() as conn:
+    async with db.transaction(user) as conn:
         created = await service.create_task(conn, user, body, idempotency_key)
     location = request.url_for("get_task", task_id=created.task.id).path
     if created.replayed:
@@ -138,11 +147,11 @@ async def create_task(
     response_description="One page of the matching tasks.",
     summary="List the caller's tasks",
     response_model=TaskPage,
-    responses=problem_responses(Unauthorized, ValidationFailed, ServiceUnavailable),
+    responses=problem_responses(Unauthorized, ValidationFailed, QueryTimeout, TooManyRequests, ServiceUnavailable),
 )
 async def list_tasks(query: Annotated[TaskListQuery, Query()], user: CurrentUser, db: Db) -> Response:
     """Filter, search, sort and page through the caller's tasks."""
-    async with db.reader() as conn:
+    async with db.reader(user) as conn:
         page = await service.list_tasks(conn, user, query)
     body = render_page(page.items, total=page.total, limit=page.limit, offset=page.offset)
     return Response(body, media_type="application/json")
@@ -157,12 +166,12 @@ async def list_tasks(query: Annotated[TaskListQuery, Query()], user: CurrentUser
     response_model=TaskRead,
     responses={
         200: {"headers": _ETAG_HEADER},
-        **problem_responses(Unauthorized, Forbidden, NotFound, ValidationFailed, ServiceUnavailable),
+        **problem_responses(Unauthorized, Forbidden, NotFound, ValidationFailed, TooManyRequests, ServiceUnavailable),
     },
 )
 async def get_task(task_id: uuid.UUID, user: CurrentUser, db: Db) -> Response:
     """One of the caller's tasks."""
-    async with db.reader() as conn:
+    async with db.reader(user) as conn:
         task = await service.get_task(conn, user, task_id)
     return _task_response(task)
 
@@ -184,7 +193,7 @@ async def update_task(
 
 
 async def _update(db: Db, user: str, task_id: uuid.UUID, changes: dict[str, Any], if_match: str | None) -> Response:
-    async with db.transaction() as conn:
+    async with db.transaction(user) as conn:
         task = await service.update_task(conn, user, task_id, changes, _if_match(if_match))
     return _task_response(task)
 
@@ -196,11 +205,11 @@ async def _update(db: Db, user: str, task_id: uuid.UUID, changes: dict[str, Any]
     response_description="Deleted; no body.",
     summary="Delete a task",
     responses=problem_responses(
-        Unauthorized, Forbidden, NotFound, PreconditionFailed, ValidationFailed, ServiceUnavailable
+        Unauthorized, Forbidden, NotFound, PreconditionFailed, ValidationFailed, TooManyRequests, ServiceUnavailable
     ),
 )
 async def delete_task(task_id: uuid.UUID, user: CurrentUser, db: Db, if_match: IfMatch = None) -> Response:
     """Delete one of the caller's tasks."""
-    async with db.transaction() as conn:
+    async with db.transaction(user) as conn:
         await service.delete_task(conn, user, task_id, _if_match(if_match))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
