@@ -17,6 +17,7 @@ from app.auth.jwks import JWKSClient
 from app.auth.jwt import TokenVerifier
 from app.config import Settings, config_error_line, get_settings
 from app.database import Database, create_engine
+from app.dburl import engine_spec
 from app.errors import install_error_handlers
 from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware
@@ -47,8 +48,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database_url = settings.DATABASE_URL.get_secret_value()
+        tls_warning = engine_spec(database_url, connect_timeout=settings.DB_CONNECT_TIMEOUT).tls_warning
+        if tls_warning is not None:
+            logger.warning("DATABASE_URL: %s", tls_warning)
         engine = create_engine(
-            settings.DATABASE_URL.get_secret_value(),
+            database_url,
             pool_size=settings.DB_POOL_SIZE,
             max_overflow=settings.DB_MAX_OVERFLOW,
             connect_timeout=settings.DB_CONNECT_TIMEOUT,

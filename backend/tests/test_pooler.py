@@ -26,7 +26,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.database import engine_spec
+from app.dburl import engine_spec
 from tests.conftest import IN_CI, PG_ADMIN_URL, http_client, make_settings, running_app
 from tests.pooler import PooledDatabase, Pooler, pooled_database, pooler_running
 from tests.servers import APIServer
@@ -76,8 +76,10 @@ def test_pooled_url_neon_shape_is_detected_as_a_pooler(pooled: PooledDatabase) -
     spec = engine_spec(pooled.url, connect_timeout=3)
     assert spec.behind_pooler
     assert spec.connect_args["statement_cache_size"] == 0
+    # require + sslrootcert: the chain is verified (libpq's verify-ca), so there is nothing to warn about.
     assert isinstance(spec.connect_args["ssl"], ssl.SSLContext)
     assert spec.connect_args["ssl"].verify_mode == ssl.CERT_REQUIRED
+    assert spec.tls_warning is None
 
 
 async def test_pooled_health_is_ok(pooled_client: httpx.AsyncClient) -> None:
@@ -205,7 +207,7 @@ async def test_pooler_refusing_the_connection_is_a_clean_503(pooler: Pooler, poo
     # PgBouncer answers both with an error (SQLSTATE 08P01: "SSL required", "SASL authentication
     # failed") instead of closing the socket: the app must still see "database unreachable".
     if case == "tls-less":
-        url = pooler.neon_url(pooled.name, sslmode="disable")
+        url = pooler.neon_url(pooled.name, sslmode="disable", channel_binding="disable")  # libpq: both or neither
     else:
         url = pooler.neon_url(pooled.name).replace(":taskapi-secret@", ":not-the-password@")
     async with running_app(make_settings(url, DB_CONNECT_TIMEOUT=3)) as app, http_client(app) as client:
