@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,7 +16,9 @@ from fastapi import Depends, Request
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from app.dburl import engine_spec
+from app.dburl import connection_failure, engine_spec
+
+logger = logging.getLogger("app.database")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
@@ -107,6 +110,18 @@ class Database:
         async with asyncio.timeout(self.ping_timeout):
             async with self.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
+
+    async def report_unavailable(self) -> None:
+        """Log one line naming the cause if the database cannot be used right now (run at startup).
+
+        The app keeps running either way: requests get 503 until the database answers, as after any
+        outage, so a wrong certificate or password shows up here rather than as a crash loop.
+        """
+        try:
+            await self.ping()
+        except Exception as exc:
+            cause = connection_failure(exc) or f"it cannot be used ({type(exc).__name__})"
+            logger.warning("database unavailable at startup: %s; answering 503 until it is reachable", cause)
 
     async def dispose(self) -> None:
         """Close every pooled connection."""

@@ -1,7 +1,7 @@
 """DATABASE_URL as providers give it, translated for the async drivers; and connection failures in words.
 
-Pure: no FastAPI, no engine, no app module. Settings validate URLs with it, and the engine is built
-from its `EngineSpec`.
+Pure: no FastAPI, no engine, no app module. Settings validate URLs with it, the engine is built from
+its `EngineSpec`, and Alembic and the app describe a failed connection with `connection_failure`.
 
 libpq's TLS parameters mean here what they mean to `psql`
 (https://www.postgresql.org/docs/current/libpq-ssl.html):
@@ -22,9 +22,12 @@ PGSSLROOTCERT, else ~/.postgresql/root.crt when it exists, as in libpq.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
+import socket
+import sqlite3
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -257,3 +260,93 @@ def engine_spec(raw_url: str, *, connect_timeout: float) -> EngineSpec:
         behind_pooler=behind_pooler,
         tls_warning=tls.warning,
     )
+
+
+# --- a failed connection, in one line ---------------------------------------------------------------
+
+# OpenSSL's X509_V_ERR_* codes worth their own words (ssl.SSLCertVerificationError.verify_code).
+_CERT_EXPIRED = 10
+_HOSTNAME_MISMATCH = 62
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    # SQLAlchemy wraps the driver's exception (`.orig`, `__cause__`); walk the whole chain once.
+    seen: list[BaseException] = []
+    pending: list[BaseException | None] = [exc]
+    while pending and len(seen) < 20:
+        current = pending.pop(0)
+        if current is None or any(current is known for known in seen):
+            continue
+        seen.append(current)
+        orig = getattr(current, "orig", None)
+        pending += [orig if isinstance(orig, BaseException) else None, current.__cause__, current.__context__]
+    return seen
+
+
+def _from_sqlstate(sqlstate: str, message: str) -> str | None:
+    # PgBouncer reports its own refusals as 08P01 with a message instead of a specific SQLSTATE.
+    if sqlstate == "28P01" or (sqlstate.startswith(("08", "28")) and "authentication failed" in message):
+        return "the password was rejected (check the user name and password)"
+    if sqlstate == "3D000" or (sqlstate == "08P01" and "does not exist" in message and "database" in message):
+        return "the database does not exist"
+    if (sqlstate == "08P01" and "SSL required" in message) or (sqlstate == "28000" and "no encryption" in message):
+        return "the server requires TLS, but sslmode=disable turned it off"
+    if sqlstate.startswith("28"):
+        return "the server refused this user (no such role, or pg_hba.conf does not let it in)"
+    if sqlstate == "53300":
+        return "the server has no connection slots left (too many connections)"
+    if sqlstate in ("57P01", "57P02", "57P03"):
+        return "the server is shutting down or starting up"
+    if sqlstate.startswith("08"):
+        return "the server closed the connection while it was being set up"
+    return None
+
+
+def connection_failure(exc: BaseException) -> str | None:
+    """The cause of a failed database connection as one line for a person, or None when `exc` is not a
+    connection failure (a bug, a failing statement).
+
+    The line names the cause and the fix, never the URL, host, user or password: driver messages
+    (which can carry them) are only inspected, never repeated.
+    """
+    causes = _causes(exc)
+    for cause in causes:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            if cause.verify_code == _HOSTNAME_MISMATCH:
+                return (
+                    "the server's certificate is not valid for the host name in the URL (sslmode=verify-full); "
+                    "connect with the name the certificate was issued for"
+                )
+            if cause.verify_code == _CERT_EXPIRED:
+                return "the server's certificate has expired"
+            return (
+                "the server's certificate is not trusted: it does not chain to sslrootcert (or, without one, to "
+                "the system's trusted CAs); set sslrootcert to the CA file that signed it, or sslrootcert=system "
+                "for a publicly trusted certificate"
+            )
+        if isinstance(cause, ssl.SSLError):
+            return "the TLS handshake with the server failed"
+        sqlstate = getattr(cause, "sqlstate", None)
+        if isinstance(sqlstate, str):
+            described = _from_sqlstate(sqlstate, str(cause))
+            if described is not None:
+                return described
+    for cause in causes:
+        if isinstance(cause, socket.gaierror):
+            return "the host name cannot be resolved (DNS)"
+        if isinstance(cause, ConnectionRefusedError):
+            return "the connection was refused (nothing listens at that host and port)"
+        if isinstance(cause, TimeoutError):
+            return "the server did not answer in time (connect_timeout / DB_CONNECT_TIMEOUT)"
+        if isinstance(cause, OSError) and cause.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "the host is unreachable"
+        if isinstance(cause, ConnectionError) and "rejected SSL upgrade" in str(cause):
+            return (
+                "the server does not accept TLS connections, which sslmode=require and stronger need "
+                "(sslmode=prefer or disable only on a trusted network)"
+            )
+        if isinstance(cause, OSError):
+            return f"the connection failed ({type(cause).__name__})"
+        if isinstance(cause, sqlite3.OperationalError) and "unable to open database file" in str(cause):
+            return "the SQLite database file cannot be opened (check the path and the folder's permissions)"
+    return None

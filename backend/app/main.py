@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -70,9 +72,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.database = database
         app.state.verifier = TokenVerifier(settings, jwks)
         logger.info("token verification: %s", app.state.verifier.describe())
+        # In the background: startup does not wait for a database that may be waking up.
+        database_check = asyncio.create_task(database.report_unavailable())
         try:
             yield
         finally:
+            database_check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await database_check
             if jwks is not None:
                 await jwks.aclose()
             await database.dispose()

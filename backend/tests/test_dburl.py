@@ -1,18 +1,25 @@
-"""DATABASE_URL as people paste it, translated for the async drivers; libpq's sslmode exactly."""
+"""DATABASE_URL as people paste it, translated for the async drivers; libpq's sslmode exactly; and a
+failed connection described in one line.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import socket
+import sqlite3
 import ssl
 from pathlib import Path
 
+import asyncpg
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from sqlalchemy import exc as sa_exc
 
-from app.dburl import TLS_FIX, DatabaseURLError, engine_spec
+from app.dburl import TLS_FIX, DatabaseURLError, connection_failure, engine_spec
 
 NEON = "postgresql://alex:AbC123dEf@ep-cool-darkness-123456{pooler}.us-east-2.aws.neon.tech/dbname?sslmode=require&channel_binding=require"
 REMOTE = "postgresql://u:pw@db.example.com/db"
@@ -294,3 +301,73 @@ def test_sslcert_with_a_fallback_mode_is_refused(tmp_path: Path) -> None:
     cert, key = _cert_pair(tmp_path, "client")
     with pytest.raises(DatabaseURLError, match="sslmode=require, verify-ca or verify-full"):
         engine_spec(f"{REMOTE}?sslmode=prefer&sslcert={cert}&sslkey={key}", connect_timeout=3)
+
+
+# --- a failed connection in one line --------------------------------------------------------------------
+
+
+def _certificate_error(code: int) -> ssl.SSLCertVerificationError:
+    error = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] secret.example.com")
+    error.verify_code = code
+    return error
+
+
+def _wrapped(error: BaseException) -> sa_exc.DBAPIError:
+    # As SQLAlchemy hands a driver error to the caller: the original as `.orig` and as the cause.
+    try:
+        try:
+            raise error
+        except BaseException as original:
+            raise sa_exc.DBAPIError("SELECT 1", None, original) from original
+    except sa_exc.DBAPIError as wrapper:
+        return wrapper
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (_certificate_error(19), "certificate is not trusted"),
+        (_certificate_error(62), "not valid for the host name"),
+        (_certificate_error(10), "expired"),
+        (ssl.SSLError(1, "handshake"), "TLS handshake"),
+        (socket.gaierror(-2, "Name or service not known"), "cannot be resolved"),
+        (ConnectionRefusedError(111, "refused"), "refused"),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), "unreachable"),
+        (TimeoutError(), "did not answer in time"),
+        (ConnectionError('PostgreSQL server at "h:5432" rejected SSL upgrade'), "does not accept TLS"),
+        (ConnectionResetError(104, "reset"), "connection failed (ConnectionResetError)"),
+        (asyncpg.exceptions.InvalidPasswordError("password authentication failed for user"), "password"),
+        (asyncpg.exceptions.ProtocolViolationError("SASL authentication failed"), "password"),
+        (asyncpg.exceptions.InvalidCatalogNameError('database "x" does not exist'), "database does not exist"),
+        (asyncpg.exceptions.ProtocolViolationError('database "x" does not exist'), "database does not exist"),
+        (asyncpg.exceptions.InvalidAuthorizationSpecificationError('role "x" does not exist'), "refused this user"),
+        (asyncpg.exceptions.ProtocolViolationError("SSL required"), "requires TLS"),
+        (
+            asyncpg.exceptions.InvalidAuthorizationSpecificationError(
+                'no pg_hba.conf entry for host "1.2.3.4", user "u", database "d", no encryption'
+            ),
+            "requires TLS",
+        ),
+        (asyncpg.exceptions.TooManyConnectionsError("too many"), "connection slots"),
+        (asyncpg.exceptions.CannotConnectNowError("starting up"), "starting up"),
+        (sqlite3.OperationalError("unable to open database file"), "SQLite database file"),
+    ],
+)
+def test_connection_failure_names_the_cause(error: BaseException, words: str) -> None:
+    for raised in (error, _wrapped(error)):
+        line = connection_failure(raised)
+        assert line is not None and words in line
+        assert "\n" not in line and "secret.example.com" not in line and "h:5432" not in line
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("a bug"),
+        asyncpg.exceptions.UniqueViolationError("duplicate key"),
+        sqlite3.OperationalError("no such table: tasks"),
+    ],
+)
+def test_connection_failure_is_none_for_other_errors(error: BaseException) -> None:
+    assert connection_failure(error) is None
+    assert connection_failure(_wrapped(error)) is None
