@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.database import DatabaseURLError, engine_spec
+from app.dburl import DatabaseURLError, engine_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SQLITE_URL = f"sqlite:///{REPO_ROOT / 'backend' / 'data' / 'tasks.db'}"

@@ -1,116 +1,27 @@
-"""The database: URL translation per kind (SQLite, PostgreSQL, Neon/PgBouncer), the engine, and the
-connections handlers open for reads or for one transaction.
+"""The database: the engine for DATABASE_URL (translated by app.dburl), and the connections handlers
+open for reads or for one transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import ssl
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app import statement_limits
+from app.dburl import connection_failure, engine_spec
 from app.errors import QueryTimeout, TooManyRequests
 
-# libpq URL parameters we translate for asyncpg (which rejects them as connect arguments).
-_TLS_PARAMS = ("sslmode", "sslrootcert", "channel_binding")
-# libpq parameters that have no asyncpg equivalent and are safe to drop.
-_DROPPED_PARAMS = ("target_session_attrs", "gssencmode")
-PGBOUNCER_PORT = 6432
-
-
-class DatabaseURLError(ValueError):
-    """DATABASE_URL cannot be used; the message never contains the URL itself."""
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """What `create_async_engine` needs for one DATABASE_URL."""
-
-    url: URL
-    connect_args: dict[str, Any] = field(default_factory=dict)
-    is_sqlite: bool = False
-    behind_pooler: bool = False
-
-
-def _tls_context(mode: str, root_cert: str | None) -> ssl.SSLContext | bool | str:
-    if mode == "disable":
-        return False
-    if mode in ("allow", "prefer"):
-        return "prefer"
-    if mode not in ("require", "verify-ca", "verify-full"):
-        raise DatabaseURLError(f"sslmode={mode!r} is not a known sslmode")
-    # `require` verifies the certificate too (stricter than libpq): Neon's certificates are publicly
-    # trusted, and an unverified TLS connection gives no protection against a man in the middle.
-    cafile = None if root_cert in (None, "system") else root_cert
-    try:
-        context = ssl.create_default_context(cafile=cafile)
-    except (OSError, TypeError, ValueError):  # missing or unreadable file, or a repeated parameter
-        raise DatabaseURLError("sslrootcert cannot be read as a CA certificate file") from None
-    if mode == "verify-ca":
-        context.check_hostname = False
-    return context
-
-
-def engine_spec(raw_url: str, *, connect_timeout: float) -> EngineSpec:
-    """Translate a URL as users paste it (sqlite:///x.db, postgres://..., Neon's) for the async drivers."""
-    try:
-        url = make_url(raw_url)
-    except Exception:
-        raise DatabaseURLError("not a valid URL") from None
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        return EngineSpec(url=url.set(drivername="sqlite+aiosqlite"), is_sqlite=True, connect_args={"timeout": 5})
-    if backend not in ("postgres", "postgresql"):
-        raise DatabaseURLError(f"scheme {backend!r} is not supported (use sqlite or postgresql)")
-
-    query = dict(url.query)
-    params = {key: query.pop(key) for key in _TLS_PARAMS if key in query}
-    for key in _DROPPED_PARAMS:
-        query.pop(key, None)
-    # Neon adds `options=endpoint%3D<id>` for clients without SNI; asyncpg sends SNI, so that one is
-    # safe to drop. Other options (statement_timeout, search_path…) would change behaviour: refuse.
-    options = query.pop("options", None)
-    if options is not None and not re.fullmatch(r"endpoint=[A-Za-z0-9-]+", str(options)):
-        raise DatabaseURLError("the `options` parameter is not supported (other than Neon's endpoint=…)")
-    pgbouncer = str(query.pop("pgbouncer", "")).lower() in ("1", "true")
-    try:
-        timeout = float(str(query.pop("connect_timeout", connect_timeout)))
-    except ValueError:
-        raise DatabaseURLError("connect_timeout must be a number of seconds") from None
-    if query:
-        raise DatabaseURLError(f"unsupported parameters: {', '.join(sorted(query))}")
-
-    connect_args: dict[str, Any] = {"timeout": timeout, "command_timeout": 30}
-    if "sslmode" in params:
-        connect_args["ssl"] = _tls_context(str(params["sslmode"]), params.get("sslrootcert"))  # type: ignore[arg-type]
-    # channel_binding: asyncpg cannot do SCRAM-PLUS; the verified TLS certificate already
-    # authenticates the server, which is what channel binding protects.
-
-    # Neon's pooled hosts end in "-pooler"; 6432 is PgBouncer's default port; `pgbouncer=true`
-    # says so explicitly for any other pooler.
-    behind_pooler = pgbouncer or "-pooler" in (url.host or "") or url.port == PGBOUNCER_PORT
-    if behind_pooler:
-        # PgBouncer in transaction mode hands each transaction a different server connection, so a
-        # named prepared statement cached on one is missing on the next. Without caches asyncpg uses
-        # unnamed statements, which live only within the transaction and leave nothing behind.
-        connect_args["statement_cache_size"] = 0
-    return EngineSpec(
-        url=url.set(drivername="postgresql+asyncpg", query={}),
-        connect_args=connect_args,
-        behind_pooler=behind_pooler,
-    )
+logger = logging.getLogger("app.database")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
@@ -248,6 +159,18 @@ class Database:
         async with asyncio.timeout(self.ping_timeout):
             async with self.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
+
+    async def report_unavailable(self) -> None:
+        """Log one line naming the cause if the database cannot be used right now (run at startup).
+
+        The app keeps running either way: requests get 503 until the database answers, as after any
+        outage, so a wrong certificate or password shows up here rather than as a crash loop.
+        """
+        try:
+            await self.ping()
+        except Exception as exc:
+            cause = connection_failure(exc) or f"it cannot be used ({type(exc).__name__})"
+            logger.warning("database unavailable at startup: %s; answering 503 until it is reachable", cause)
 
     async def dispose(self) -> None:
         """Close every pooled connection."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -16,7 +18,8 @@ from app.auth.jwks import JWKSClient
 from app.auth.jwt import TokenVerifier
 from app.cancellation import CancelOnDisconnectMiddleware
 from app.config import Settings, config_error_line, get_settings
-from app.database import Database, create_engine, engine_spec
+from app.database import Database, create_engine
+from app.dburl import engine_spec
 from app.errors import install_error_handlers
 from app.logging import configure_logging
 from app.middleware import RequestContextMiddleware
@@ -47,19 +50,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database_url = settings.DATABASE_URL.get_secret_value()
+        spec = engine_spec(database_url, connect_timeout=settings.DB_CONNECT_TIMEOUT)
+        if spec.tls_warning is not None:
+            logger.warning("DATABASE_URL: %s", spec.tls_warning)
         engine = create_engine(
-            settings.DATABASE_URL.get_secret_value(),
+            database_url,
             pool_size=settings.DB_POOL_SIZE,
             max_overflow=settings.DB_MAX_OVERFLOW,
             connect_timeout=settings.DB_CONNECT_TIMEOUT,
             statement_timeout_ms=settings.DB_STATEMENT_TIMEOUT_MS,
         )
-        behind_pooler = engine_spec(settings.DATABASE_URL.get_secret_value(), connect_timeout=1).behind_pooler
         database = Database(
             engine,
             connections=settings.DB_POOL_SIZE + settings.DB_MAX_OVERFLOW,
             per_owner=settings.DB_MAX_SLOTS_PER_USER,
-            local_timeout_ms=settings.DB_STATEMENT_TIMEOUT_MS if behind_pooler else None,
+            local_timeout_ms=settings.DB_STATEMENT_TIMEOUT_MS if spec.behind_pooler else None,
             wait_timeout=settings.DB_CONNECT_TIMEOUT,
             ping_timeout=settings.DB_CONNECT_TIMEOUT + 1,
         )
@@ -69,9 +75,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.database = database
         app.state.verifier = TokenVerifier(settings, jwks)
         logger.info("token verification: %s", app.state.verifier.describe())
+        # In the background: startup does not wait for a database that may be waking up.
+        database_check = asyncio.create_task(database.report_unavailable())
         try:
             yield
         finally:
+            database_check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await database_check
             if jwks is not None:
                 await jwks.aclose()
             await database.dispose()

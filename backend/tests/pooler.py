@@ -40,14 +40,18 @@ class Pooler:
     ca_file: str  # TASKAPI_PGBOUNCER_CA_FILE
     started_here: bool
 
-    def neon_url(self, database: str, **query: str) -> str:
+    def neon_url(self, database: str, *, root_cert: bool = True, **query: str) -> str:
         """The pooled URL of `database` exactly as Neon's console shows one, plus our CA file.
 
-        `channel_binding=require` is what Neon adds; the app accepts and ignores it (the verified
-        certificate already authenticates the server). `query` overrides or adds parameters.
+        `channel_binding=require` is what Neon adds; the app accepts and drops it (asyncpg has no
+        SCRAM-SHA-256-PLUS). With the CA file, `sslmode=require` verifies the certificate chain (as
+        libpq does); `root_cert=False` leaves it out: encrypted, not verified. `query` overrides or
+        adds parameters.
         """
         parts = urlsplit(self.url)
-        params = {"sslmode": "require", "channel_binding": "require", "sslrootcert": self.ca_file, **query}
+        params = {"sslmode": "require", "channel_binding": "require", **query}
+        if root_cert:
+            params.setdefault("sslrootcert", self.ca_file)
         return urlunsplit((parts.scheme, parts.netloc, f"/{database}", urlencode(params, safe="/"), ""))
 
 

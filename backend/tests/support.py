@@ -1,15 +1,19 @@
-"""Helpers shared by the tests: real tokens, real JWKS servers, a cuttable TCP proxy."""
+"""Helpers shared by the tests: real tokens, real JWKS servers, a cuttable TCP proxy, `make migrate`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -206,3 +210,26 @@ def captured_logs() -> Iterator[list[str]]:
     finally:
         root.removeHandler(handler)
         root.setLevel(previous)
+
+
+def alembic_upgrade(**env: str) -> subprocess.CompletedProcess[str]:
+    """`alembic upgrade head` as `make migrate` runs it, configured by `env` alone (no .env file)."""
+    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), "ENV_FILE": os.devnull}
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "alembic"), "upgrade", "head"],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+def only_line(result: subprocess.CompletedProcess[str], *secrets: str) -> str:
+    """The one line a failed command printed: no traceback, none of `secrets`."""
+    assert result.returncode != 0, result.stderr
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, result.stdout + result.stderr
+    assert "Traceback" not in lines[0] and not [secret for secret in secrets if secret in lines[0]]
+    return lines[0]

@@ -99,3 +99,15 @@ def test_config_neon_endpoint_option_is_accepted() -> None:
     url = "postgresql://u:pw@ep-a-1.aws.neon.tech/db?sslmode=require&options=endpoint%3Dep-a-1"
     settings = Settings.model_validate({"JWT_SECRET": GOOD_SECRET, "DATABASE_URL": url})
     assert settings.DATABASE_URL.get_secret_value() == url
+
+
+def test_config_imports_no_fastapi() -> None:
+    # Settings must not pull in the web framework, nor the engine module that depends on it.
+    code = (
+        "import sys, app.config; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'fastapi' or m == 'app.database'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=BACKEND_DIR, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout

@@ -11,10 +11,12 @@ The whole API suite can run through the pooler too: `TEST_DATABASE=pooler pytest
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 import statistics
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -26,11 +28,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.database import engine_spec
+from app.dburl import engine_spec
 from tests.conftest import IN_CI, PG_ADMIN_URL, http_client, make_settings, running_app
-from tests.pooler import PooledDatabase, Pooler, pooled_database, pooler_running
+from tests.pooler import POOLER_ROLE, PooledDatabase, Pooler, pooled_database, pooler_running
 from tests.servers import APIServer
-from tests.support import assert_problem, auth, new_user
+from tests.support import alembic_upgrade, assert_problem, auth, new_user, only_line
 
 pytestmark = pytest.mark.postgres_only
 
@@ -76,8 +78,10 @@ def test_pooled_url_neon_shape_is_detected_as_a_pooler(pooled: PooledDatabase) -
     spec = engine_spec(pooled.url, connect_timeout=3)
     assert spec.behind_pooler
     assert spec.connect_args["statement_cache_size"] == 0
+    # require + sslrootcert: the chain is verified (libpq's verify-ca), so there is nothing to warn about.
     assert isinstance(spec.connect_args["ssl"], ssl.SSLContext)
     assert spec.connect_args["ssl"].verify_mode == ssl.CERT_REQUIRED
+    assert spec.tls_warning is None
 
 
 async def test_pooled_health_is_ok(pooled_client: httpx.AsyncClient) -> None:
@@ -205,7 +209,7 @@ async def test_pooler_refusing_the_connection_is_a_clean_503(pooler: Pooler, poo
     # PgBouncer answers both with an error (SQLSTATE 08P01: "SSL required", "SASL authentication
     # failed") instead of closing the socket: the app must still see "database unreachable".
     if case == "tls-less":
-        url = pooler.neon_url(pooled.name, sslmode="disable")
+        url = pooler.neon_url(pooled.name, sslmode="disable", channel_binding="disable")  # libpq: both or neither
     else:
         url = pooler.neon_url(pooled.name).replace(":taskapi-secret@", ":not-the-password@")
     async with running_app(make_settings(url, DB_CONNECT_TIMEOUT=3)) as app, http_client(app) as client:
@@ -215,6 +219,92 @@ async def test_pooler_refusing_the_connection_is_a_clean_503(pooler: Pooler, poo
             assert response.headers["retry-after"].isdigit()
             for secret in ("taskapi-secret", "not-the-password", "6432", "pgbouncer", "SSL", "localhost"):
                 assert secret not in response.text
+
+
+# --- sslmode as libpq means it, against a self-signed certificate --------------------------------------
+
+NOT_VERIFIED = "sslmode=require encrypts the connection but does not verify"
+NOT_TRUSTED = "the server's certificate is not trusted"
+
+
+@contextlib.asynccontextmanager
+async def empty_database() -> AsyncIterator[str]:
+    """A database owned by the pooler's role with no tables yet, dropped afterwards."""
+    name = f"taskapi_pooled_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" OWNER "{POOLER_ROLE}"')
+        yield name
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_pooled_require_without_root_cert_migrates_and_serves(pooler: Pooler, tmp_path: Path) -> None:
+    # The URL as Neon shows it, against a certificate no trust store knows: encrypted, not verified,
+    # exactly as psql would connect - and one warning that says so.
+    async with empty_database() as name:
+        url = pooler.neon_url(name, root_cert=False)
+        assert "sslrootcert" not in url and "sslmode=require" in url
+
+        migrated = await asyncio.to_thread(alembic_upgrade, DATABASE_URL=url)
+        assert migrated.returncode == 0, migrated.stderr
+        assert len([line for line in migrated.stderr.splitlines() if NOT_VERIFIED in line]) == 1, migrated.stderr
+        assert "taskapi-secret" not in migrated.stderr + migrated.stdout
+        admin = await asyncpg.connect(f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}", timeout=10)
+        try:
+            assert await admin.fetchval("SELECT count(*) FROM alembic_version") == 1
+        finally:
+            await admin.close()
+
+        server = APIServer(url, tmp_path / "api.log")
+        await asyncio.to_thread(server.start)
+        try:
+            async with httpx.AsyncClient(base_url=server.url, timeout=15) as client:
+                assert (await client.get("/health")).status_code == 200
+                user = new_user()
+                created = await client.post("/api/tasks", json={"title": "over unverified TLS"}, headers=auth(user))
+                assert created.status_code == 201, created.text
+                listed = await client.get("/api/tasks", headers=auth(user))
+                assert [task["id"] for task in listed.json()["items"]] == [created.json()["id"]]
+        finally:
+            await asyncio.to_thread(server.stop)
+    log = server.log()
+    assert len([line for line in log.splitlines() if NOT_VERIFIED in line]) == 1, server.log_tail()
+    assert "database unavailable" not in log and "taskapi-secret" not in log
+
+
+async def test_pooled_verify_full_without_the_ca_fails_in_one_line(
+    pooler: Pooler, pooled: PooledDatabase, tmp_path: Path
+) -> None:
+    url = pooler.neon_url(pooled.name, sslmode="verify-full", root_cert=False)
+
+    # make migrate: one line naming the cause, non-zero exit.
+    line = only_line(await asyncio.to_thread(alembic_upgrade, DATABASE_URL=url), "taskapi-secret")
+    assert line.startswith(f"cannot migrate (DATABASE_URL): {NOT_TRUSTED}"), line
+
+    # The server: starts, logs the cause once, and answers 503 until the URL is fixed.
+    server = APIServer(url, tmp_path / "api.log", settings={"DB_CONNECT_TIMEOUT": "3"})
+    await asyncio.to_thread(server.start)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=15) as client:
+            assert_problem(await client.get("/health"), 503)
+            assert_problem(await client.get("/api/tasks", headers=auth(new_user())), 503)
+            deadline = time.monotonic() + 10
+            while "database unavailable at startup" not in server.log():
+                assert time.monotonic() < deadline, server.log_tail()
+                await asyncio.sleep(0.1)
+    finally:
+        await asyncio.to_thread(server.stop)
+    causes = [line for line in server.log().splitlines() if "database unavailable at startup" in line]
+    assert len(causes) == 1 and NOT_TRUSTED in causes[0], server.log_tail()
+    assert "Traceback" not in server.log() and "taskapi-secret" not in server.log()
+
+
+async def test_pooled_wrong_password_fails_migrate_in_one_line(pooler: Pooler, pooled: PooledDatabase) -> None:
+    url = pooler.neon_url(pooled.name).replace(":taskapi-secret@", ":not-the-password@")
+    line = only_line(await asyncio.to_thread(alembic_upgrade, DATABASE_URL=url), "not-the-password")
+    assert line == "cannot migrate (DATABASE_URL): the password was rejected (check the user name and password)"
 
 
 # --- a burst through a real multi-worker server ----------------------------------------------------
