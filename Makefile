@@ -7,11 +7,12 @@ LOCK := backend/requirements-dev.lock
 STAMP := $(VENV)/.installed
 USER ?= demo
 
-.PHONY: help install run migrate token test test-pooler lint format bench openapi clean
+.PHONY: help install run migrate token test test-fast test-pooler lint format bench openapi clean
 
 help:
 	@echo "make run      install, migrate, serve on http://127.0.0.1:8000"
 	@echo "make test     the test suite (SQLite, plus PostgreSQL when reachable)"
+	@echo "make test-fast   SQLite only, in-process tests only (the inner loop, < 30 s)"
 	@echo "make token USER=alice   print a bearer token for user 'alice'"
 	@echo "make test-pooler   the PostgreSQL tests again through a local PgBouncer with TLS"
 	@echo "make lint     ruff + mypy --strict"
@@ -43,6 +44,10 @@ token: $(STAMP) .env
 
 test: $(STAMP)
 	cd backend && $(BIN)/pytest
+
+# The inner loop: SQLite only, in-process, no server processes or Node (under 30 s).
+test-fast: $(STAMP)
+	cd backend && TEST_DATABASES=sqlite $(BIN)/pytest -m "not slow" -q
 
 # The PostgreSQL half of the suite again, through a local Neon-style pooler (PgBouncer, transaction
 # mode, TLS; scripts/pgbouncer installs and starts it).

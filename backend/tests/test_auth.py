@@ -25,11 +25,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI
 
-from tests.conftest import http_client, make_settings, running_app
-from tests.support import SECRET, JWKSServer, KeyPair, auth, bearer, hs256_token, new_user
+from tests.support import SECRET, JWKSServer, KeyPair, assert_401, assert_problem, auth, bearer, hs256_token, new_user
+from tests.support.apps import http_client, make_settings, running_app
 
 CHALLENGE = 'Bearer realm="tasks"'
-PROBLEM_JSON = "application/problem+json"
 OTHER_SECRET = "another-secret-that-is-also-long-enough-0123456789"
 ISSUER = "https://auth.example.test"
 AUDIENCE = "https://api.example.test"
@@ -71,13 +70,8 @@ def claims(sub: str | None, *, exp_in: int = 600, **extra: Any) -> dict[str, Any
 
 def assert_invalid_token(response: httpx.Response, token: str) -> None:
     """A 401 problem+json with an `invalid_token` challenge that does not echo the token."""
-    assert response.status_code == 401, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    challenge = response.headers["www-authenticate"]
-    assert challenge.startswith(CHALLENGE)
-    assert 'error="invalid_token"' in challenge
-    body = response.json()
-    assert body["status"] == 401
+    body = assert_401(response)
+    assert response.headers["www-authenticate"].startswith(CHALLENGE)
     assert body["title"] == "Unauthorized"
     assert isinstance(body["detail"], str) and body["detail"]
     echoed = response.text + "\n".join(response.headers.values())
@@ -88,10 +82,8 @@ def assert_invalid_token(response: httpx.Response, token: str) -> None:
 
 def assert_challenge_without_error(response: httpx.Response) -> None:
     """RFC 6750 3.1: no credentials -> the bare challenge, no error code."""
-    assert response.status_code == 401, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
+    assert_problem(response, 401)
     assert response.headers["www-authenticate"] == CHALLENGE
-    assert response.json()["status"] == 401
 
 
 def api_requests(app: FastAPI) -> list[tuple[str, str]]:
@@ -513,5 +505,4 @@ async def test_verified_token_cache_still_expires_at_exp(database_url: str) -> N
 @pytest.mark.parametrize("sub", ["bad\ud800id", "nul\x00id", " ", "x" * 256])
 async def test_list_with_unstorable_subject_is_401(client: httpx.AsyncClient, sub: str) -> None:
     response = await client.get("/api/tasks", headers=bearer(hs256_token(sub)))
-    assert response.status_code == 401
-    assert response.headers["content-type"] == "application/problem+json"
+    assert_problem(response, 401)

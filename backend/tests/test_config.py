@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from app.config import Settings, config_error_line
+from tests.support import BACKEND_DIR
 
-BACKEND_DIR = Path(__file__).resolve().parents[1]
+# Subprocesses and real servers: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 GOOD_SECRET = "a-perfectly-fine-secret-of-more-than-32-bytes"
 
 

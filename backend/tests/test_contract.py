@@ -8,12 +8,8 @@ small client (tests/contract/ts/client.ts), which stops compiling when the contr
 from __future__ import annotations
 
 import difflib
-import fcntl
-import json
-import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +20,11 @@ import yaml
 from openapi_spec_validator import validate
 
 from app.openapi_export import CONTRACT_PATH, contract, render
+from tests.support.apps import IN_CI
+from tests.support.npm import npm_ci
 
 TS_DIR = Path(__file__).resolve().parent / "contract" / "ts"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_SCHEMAS = ("ProblemDetail", "ValidationProblemDetail")
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -199,30 +197,6 @@ class TypeScriptTools:
         return subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
 
 
-def _installed_as_pinned() -> bool:
-    wanted: dict[str, str] = json.loads((TS_DIR / "package.json").read_text())["devDependencies"]
-    for name, version in wanted.items():
-        manifest = TS_DIR / "node_modules" / name / "package.json"
-        if not manifest.exists() or json.loads(manifest.read_text())["version"] != version:
-            return False
-    return True
-
-
-def ensure_installed(npm: str) -> None:
-    """`npm ci` when node_modules is missing or not the pinned versions (the betterauth harness's pattern).
-
-    A file lock serialises concurrent callers; `--prefer-offline` reuses the npm cache.
-    """
-    if _installed_as_pinned():
-        return
-    with (Path(tempfile.gettempdir()) / "task-api-contract-npm.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _installed_as_pinned():
-            return
-        args = [npm, "ci", "--no-audit", "--no-fund", "--prefer-offline", "--loglevel=error"]
-        subprocess.run(args, cwd=TS_DIR, check=True, stdout=subprocess.DEVNULL, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def typescript() -> TypeScriptTools:
     """The tools, installed when missing; without Node the tests skip, except in CI where they fail."""
@@ -231,10 +205,11 @@ def typescript() -> TypeScriptTools:
         if IN_CI:
             pytest.fail("node/npm not found and CI=true: the TypeScript contract check must run in CI")
         pytest.skip("node/npm not found")
-    ensure_installed(npm)
+    npm_ci(TS_DIR)
     return TypeScriptTools(node)
 
 
+@pytest.mark.slow
 def test_typecheck_client_passes(typescript: TypeScriptTools, tmp_path: Path) -> None:
     result = typescript.typecheck(CONTRACT_PATH, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -269,6 +244,7 @@ def _remove_patch_route(document: dict[str, Any]) -> None:
     ],
     ids=["renamed_field", "nullable_patch_title", "removed_enum_value", "removed_route"],
 )
+@pytest.mark.slow
 def test_typecheck_client_fails_on_breaking_change(
     typescript: TypeScriptTools, tmp_path: Path, mutate: Callable[[dict[str, Any]], None], symptom: str
 ) -> None:

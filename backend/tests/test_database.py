@@ -17,9 +17,12 @@ from sqlalchemy import text
 
 from app.database import create_engine
 from app.dburl import connection_failure
-from tests.conftest import PG_ADMIN_URL, http_client, make_settings, running_app
-from tests.servers import free_port
 from tests.support import alembic_upgrade, assert_problem, captured_logs, only_line
+from tests.support.apps import PG_ADMIN_URL, http_client, make_settings, running_app
+from tests.support.servers import free_port
+
+# Subprocesses and real servers: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 PASSWORD = "hunter2-db-pass"
 PG_SERVER = PG_ADMIN_URL.split("@", 1)[1].rsplit("/", 1)[0]  # host:port of the test PostgreSQL

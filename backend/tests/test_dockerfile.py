@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BACKEND_DIR
+from tests.support import BACKEND_DIR
 from tests.test_serve import serving
+
+# Subprocesses and real servers: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 REPO_ROOT = BACKEND_DIR.parent
 DOCKERFILE = REPO_ROOT / "Dockerfile"

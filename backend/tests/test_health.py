@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import http_client, make_settings, running_app
-from tests.support import TCPProxy, auth, new_user
+from tests.support import TCPProxy, assert_problem, auth, new_user
+from tests.support.apps import http_client, make_settings, running_app
 
 
 async def test_health_ok(client: httpx.AsyncClient) -> None:
@@ -28,8 +28,7 @@ async def test_sqlite_unopenable_is_503(tmp_path: object) -> None:
     settings = make_settings("sqlite:////proc/no-such-dir/tasks.db")
     async with running_app(settings) as app, http_client(app) as client:
         response = await client.get("/health")
-        assert response.status_code == 503
-        assert response.headers["content-type"] == "application/problem+json"
+        assert_problem(response, 503)
         assert response.headers["retry-after"].isdigit()
         listed = await client.get("/api/tasks", headers=auth(new_user()))
         assert listed.status_code == 503
@@ -56,8 +55,7 @@ async def test_database_down_gives_503_then_recovers(database_url: str, backend:
             await proxy.cut(mode)
             for path, headers in (("/health", {}), ("/api/tasks", user)):
                 response = await asyncio.wait_for(client.get(path, headers=headers), timeout=10)
-                assert response.status_code == 503, response.text
-                assert response.headers["content-type"] == "application/problem+json"
+                assert_problem(response, 503)
                 assert response.headers["retry-after"].isdigit()
                 assert str(proxy.port) not in response.text and "postgres" not in response.text
 

@@ -13,7 +13,7 @@ from sqlalchemy import update
 
 from app.database import Database
 from app.services.idempotency import keys
-from tests.support import auth, new_user
+from tests.support import assert_problem, auth, new_user
 
 
 def keyed(headers: dict[str, str], key: str) -> dict[str, str]:
@@ -46,8 +46,7 @@ async def test_idempotency_same_key_different_body_is_422(client: httpx.AsyncCli
     headers, key = auth(new_user()), str(uuid.uuid4())
     assert (await client.post("/api/tasks", json={"title": "a"}, headers=keyed(headers, key))).status_code == 201
     response = await client.post("/api/tasks", json={"title": "b"}, headers=keyed(headers, key))
-    assert response.status_code == 422
-    assert response.headers["content-type"] == "application/problem+json"
+    assert_problem(response, 422)
     assert await count(client, headers) == 1
 
 

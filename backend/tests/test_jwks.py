@@ -20,11 +20,20 @@ import jwt
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import http_client, make_settings, running_app
-from tests.support import SECRET, JWKSServer, KeyPair, bearer, captured_logs, hs256_token, new_user
+from tests.support import (
+    SECRET,
+    JWKSServer,
+    KeyPair,
+    assert_401,
+    assert_problem,
+    bearer,
+    captured_logs,
+    hs256_token,
+    new_user,
+)
+from tests.support.apps import http_client, make_settings, running_app
 
 ALGORITHMS = ["EdDSA", "ES256", "ES512", "RS256", "PS256"]
-PROBLEM_JSON = "application/problem+json"
 
 
 @dataclass
@@ -48,17 +57,9 @@ async def status_of(client: httpx.AsyncClient, token: str) -> int:
     return (await client.get("/api/tasks", headers=bearer(token))).status_code
 
 
-def assert_401(response: httpx.Response) -> None:
-    assert response.status_code == 401, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    assert 'error="invalid_token"' in response.headers["www-authenticate"]
-
-
 def assert_503(response: httpx.Response, server: JWKSServer) -> None:
-    assert response.status_code == 503, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
+    assert_problem(response, 503)
     assert response.headers["retry-after"].isdigit()
-    assert response.json()["status"] == 503
     # Nothing about the endpoint (host, port, path) leaks to the client.
     port = server.url.split(":")[2].split("/")[0]
     assert port not in response.text and "127.0.0.1" not in response.text and "/api/auth" not in response.text

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import auth, new_user
+from tests.support import assert_problem, auth, new_user
 
 SEED = [
     # title, description, status, priority, due_date
@@ -154,6 +154,4 @@ async def test_list_limit_bounds(client: httpx.AsyncClient, seeded: dict[str, st
 )
 async def test_list_invalid_query_is_422(client: httpx.AsyncClient, params: dict[str, str]) -> None:
     response = await client.get("/api/tasks", params=params, headers=auth(new_user()))
-    assert response.status_code == 422, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    assert response.json()["errors"][0]["loc"][0] == "query"
+    assert assert_problem(response, 422)["errors"][0]["loc"][0] == "query"

@@ -7,8 +7,8 @@ import json
 import httpx
 
 from app.main import create_app
-from tests.conftest import http_client, make_settings
-from tests.support import SECRET, auth, captured_logs, hs256_token, new_user
+from tests.support import SECRET, assert_problem, auth, captured_logs, hs256_token, new_user
+from tests.support.apps import http_client, make_settings
 
 
 async def test_request_id_is_generated_or_echoed(client: httpx.AsyncClient) -> None:
@@ -43,8 +43,7 @@ async def test_declared_oversized_body_is_413_before_reading(client: httpx.Async
         content=b"{}",
         headers={**auth(new_user()), "Content-Type": "application/json", "Content-Length": str(2 * 1024 * 1024)},
     )
-    assert response.status_code == 413
-    assert response.headers["content-type"] == "application/problem+json"
+    assert_problem(response, 413)
 
 
 async def test_cors_allows_only_configured_origins(client: httpx.AsyncClient) -> None:
@@ -69,8 +68,7 @@ async def test_unexpected_error_is_problem_500_with_request_id_and_one_log_line(
     async with app.router.lifespan_context(app), http_client(app) as client:
         with captured_logs() as lines:
             response = await client.get("/boom", headers={"X-Request-ID": "boom-1"})
-    assert response.status_code == 500
-    assert response.headers["content-type"] == "application/problem+json"
+    assert_problem(response, 500)
     assert response.headers["x-request-id"] == "boom-1"
     assert "internal detail" not in response.text
     errors = [json.loads(line) for line in lines if '"level":"ERROR"' in line]

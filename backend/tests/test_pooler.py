@@ -29,12 +29,12 @@ import pytest
 from fastapi import FastAPI
 
 from app.dburl import engine_spec
-from tests.conftest import IN_CI, PG_ADMIN_URL, http_client, make_settings, running_app
-from tests.pooler import POOLER_ROLE, PooledDatabase, Pooler, pooled_database, pooler_running
-from tests.servers import APIServer
 from tests.support import alembic_upgrade, assert_problem, auth, new_user, only_line
+from tests.support.apps import IN_CI, PG_ADMIN_URL, http_client, make_settings, running_app
+from tests.support.pooler import POOLER_ROLE, PooledDatabase, Pooler, pooled_database, pooler_running
+from tests.support.servers import APIServer
 
-pytestmark = pytest.mark.postgres_only
+pytestmark = [pytest.mark.postgres_only, pytest.mark.slow]
 
 # A burst this size, over 2 workers x (10 + 10) app connections and PgBouncer's 20 server
 # connections, makes every server connection serve many clients' transactions in turn.

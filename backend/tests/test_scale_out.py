@@ -12,8 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import APIServer, api_servers
-from tests.support import auth, new_user
+from tests.support import assert_problem, auth, new_user
+from tests.support.servers import APIServer, api_servers
+
+# Subprocesses and real servers: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 HTTP_TIMEOUT = 10.0
 
@@ -46,9 +49,10 @@ async def create(client: httpx.AsyncClient, user: str, **body: Any) -> httpx.Res
 
 
 def assert_status(response: httpx.Response, status: int) -> None:
-    assert response.status_code == status, f"{response.request.method} {response.request.url}: {response.text}"
     if status >= 400:
-        assert response.headers["content-type"] == "application/problem+json"
+        assert_problem(response, status)
+    else:
+        assert response.status_code == status, f"{response.request.method} {response.request.url}: {response.text}"
 
 
 def test_scale_out_processes_are_distinct(servers: list[APIServer]) -> None:

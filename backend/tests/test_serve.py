@@ -24,8 +24,11 @@ from typing import IO, Any
 import pytest
 
 from app.config import Settings
-from tests.conftest import BACKEND_DIR, migrate
-from tests.support import SECRET, auth, new_user
+from tests.support import BACKEND_DIR, SECRET, auth, new_user
+from tests.support.apps import migrate
+
+# Subprocesses and real servers: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 # Generous bounds so a stuck server fails the test instead of hanging it; never asserted on.
 STARTUP_LIMIT = 60.0

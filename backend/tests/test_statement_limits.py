@@ -21,9 +21,9 @@ from app.database import Database
 from app.errors import QueryTimeout, TooManyRequests
 from app.schemas.task import TaskCreate
 from app.services import tasks as service
-from tests.conftest import http_client, make_settings, running_app
-from tests.servers import APIServer
 from tests.support import assert_problem, auth, hs256_token, new_user
+from tests.support.apps import http_client, make_settings, running_app
+from tests.support.servers import APIServer
 
 # A statement that runs for seconds on each database unless something stops it.
 SLOW_STATEMENT = {

@@ -21,8 +21,9 @@ import jwt
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import IN_CI, http_client, make_settings, running_app
-from tests.interop.betterauth import (
+from tests.support import assert_401, bearer
+from tests.support.apps import IN_CI, http_client, make_settings, running_app
+from tests.support.betterauth import (
     BetterAuthServer,
     ensure_installed,
     fetch_jwks,
@@ -30,7 +31,9 @@ from tests.interop.betterauth import (
     sign_up,
     sign_up_and_get_token,
 )
-from tests.support import bearer
+
+# Subprocesses and real servers: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 PASSWORD = "correct-horse-battery-staple-42"
 OTHER_ALGORITHMS = ["ES256", "ES512", "RS256", "PS256"]
@@ -78,12 +81,6 @@ async def api_for(server: BetterAuthServer, database_url: str, **overrides: Any)
     settings = make_settings(database_url, **values)
     async with running_app(settings) as app, http_client(app) as client:
         yield Api(app, client)
-
-
-def assert_401(response: httpx.Response) -> None:
-    assert response.status_code == 401, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    assert 'error="invalid_token"' in response.headers["www-authenticate"]
 
 
 def kid_of(token: str) -> str:

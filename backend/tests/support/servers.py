@@ -19,9 +19,8 @@ from types import TracebackType
 
 import httpx
 
-from tests.support import SECRET
+from tests.support import BACKEND_DIR, SECRET
 
-BACKEND_DIR = Path(__file__).resolve().parents[1]
 # Passed through to the server so it finds the venv's tools and locale; nothing else leaks in.
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
 

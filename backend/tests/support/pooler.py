@@ -21,7 +21,9 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-SCRIPTS_DIR = Path(__file__).resolve().parents[2] / "scripts" / "pgbouncer"
+from tests.support.apps import migrate
+
+SCRIPTS_DIR = Path(__file__).resolve().parents[3] / "scripts" / "pgbouncer"
 # start.sh's own default, which it checks for ownership before use.
 RUN_DIR = Path(os.environ.get("TASKAPI_PGBOUNCER_DIR", "/tmp/taskapi-pgbouncer"))  # noqa: S108
 POOLER_ROLE = "taskapi"
@@ -141,7 +143,6 @@ async def pooled_database(pooler: Pooler, admin_url: str) -> AsyncIterator[Poole
 
     `admin_url` is a superuser URL of the PostgreSQL server behind the pooler.
     """
-    from tests.conftest import migrate  # here, not at import time: conftest imports this module
 
     name = f"taskapi_pooled_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(admin_url, timeout=10)

@@ -12,7 +12,6 @@ The server keeps everything in memory, so each start is a fresh user base and ke
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -26,7 +25,9 @@ from typing import IO, Any, Self
 
 import httpx
 
-SERVER_DIR = Path(__file__).resolve().parent / "betterauth"
+from tests.support.npm import npm_ci
+
+SERVER_DIR = Path(__file__).resolve().parents[1] / "interop" / "betterauth"
 AUTH_PATH = "/api/auth"
 # Every variable server.mjs reads.
 _SERVER_ENV = frozenset(
@@ -45,35 +46,8 @@ _SERVER_ENV = frozenset(
 
 
 def ensure_installed(directory: Path = SERVER_DIR) -> None:
-    """Run `npm ci` once, when node_modules is missing.
-
-    A file lock serialises concurrent callers (e.g. pytest-xdist workers).
-    `--prefer-offline` makes a re-install work from the npm cache without network.
-    """
-    marker = directory / "node_modules" / "better-auth" / "package.json"
-    if marker.exists():
-        return
-    npm = shutil.which("npm")
-    if npm is None:
-        raise RuntimeError("npm not found on PATH; the Better Auth harness needs Node 20+")
-    lock_path = Path(tempfile.gettempdir()) / "betterauth-harness-npm.lock"
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists():  # another process installed it while we waited
-            return
-        subprocess.run(
-            [
-                npm,
-                "ci",
-                "--no-audit",
-                "--no-fund",
-                "--prefer-offline",
-                "--loglevel=error",
-            ],
-            cwd=directory,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+    """The Better Auth server's pinned packages, installed once."""
+    npm_ci(directory)
 
 
 class BetterAuthServer:

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 # The newest installed server's binaries, or TEST_PG_BIN.
 _CANDIDATES = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True)

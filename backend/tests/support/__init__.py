@@ -20,6 +20,7 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+BACKEND_DIR = Path(__file__).resolve().parents[2]
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 
 
@@ -43,6 +44,13 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     body: dict[str, Any] = response.json()
     assert body["status"] == status
     assert {"type", "title", "status", "detail"} <= body.keys()
+    return body
+
+
+def assert_401(response: httpx.Response) -> dict[str, Any]:
+    """Assert a 401 problem+json whose bearer challenge says `invalid_token`."""
+    body = assert_problem(response, 401)
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
     return body
 
 
@@ -217,7 +225,7 @@ def alembic_upgrade(**env: str) -> subprocess.CompletedProcess[str]:
     base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), "ENV_FILE": os.devnull}
     return subprocess.run(
         [str(Path(sys.executable).parent / "alembic"), "upgrade", "head"],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=BACKEND_DIR,
         env={**base, **env},
         capture_output=True,
         text=True,
