@@ -13,6 +13,8 @@ import contextlib
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+# A request still running after this long starts watching for its client's disconnect.
+WATCH_AFTER_SECONDS = 0.05
 # Set in the ASGI scope of a request whose client went away before it was answered.
 CLIENT_GONE = "app.client_gone"
 
@@ -44,6 +46,14 @@ class CancelOnDisconnectMiddleware:
             watcher = asyncio.ensure_future(receive())
             watcher.add_done_callback(on_message)
 
+        timer: asyncio.TimerHandle | None = None
+
+        def watch_later() -> None:
+            # Most requests are answered within milliseconds: a watcher task for each would cost
+            # more than it saves, so only a request still running after a moment gets one.
+            nonlocal timer
+            timer = asyncio.get_running_loop().call_later(WATCH_AFTER_SECONDS, watch)
+
         async def watched_receive() -> Message:
             nonlocal pending
             if pending is not None:
@@ -54,7 +64,7 @@ class CancelOnDisconnectMiddleware:
                 return await asyncio.shield(watcher)
             message = await receive()
             if message["type"] == "http.request" and not message.get("more_body", False):
-                watch()
+                watch_later()
             return message
 
         headers = dict(scope["headers"])
@@ -62,7 +72,7 @@ class CancelOnDisconnectMiddleware:
             # No body (a GET): the handler may never read one, so read its empty message now.
             pending = await receive()
             if pending["type"] == "http.request":
-                watch()
+                watch_later()
         try:
             await self.app(scope, watched_receive, send)
         except asyncio.CancelledError:
@@ -73,6 +83,8 @@ class CancelOnDisconnectMiddleware:
             handler.uncancel()
             scope[CLIENT_GONE] = True
         finally:
+            if timer is not None:
+                timer.cancel()
             if watcher is not None and not watcher.done():
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
