@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from pydantic import ValidationError
 
@@ -19,7 +18,7 @@ from app.config import Settings, config_error_line, get_settings
 from app.database import Database, create_engine
 from app.errors import install_error_handlers
 from app.logging import configure_logging
-from app.middleware import RequestContextMiddleware
+from app.middleware import ProblemCORSMiddleware, RequestContextMiddleware
 from app.routers import health, tasks
 from app.routers.responses import refine_openapi
 
@@ -82,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(tasks.router)
     app.add_middleware(
-        CORSMiddleware,
+        ProblemCORSMiddleware,
         allow_origins=settings.CORS_ORIGINS,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
         allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID"],
@@ -90,7 +89,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_age=600,
     )
     # Outermost, so the request id and the access log cover CORS answers and errors too.
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.MAX_BODY_BYTES)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.MAX_BODY_BYTES,
+        cacheable_paths=("/docs", "/redoc", "/openapi.json"),  # the public docs
+    )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

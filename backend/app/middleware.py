@@ -1,4 +1,6 @@
-"""Pure ASGI middleware (cheaper than BaseHTTPMiddleware): request id, access log, body size limit."""
+"""Pure ASGI middleware (cheaper than BaseHTTPMiddleware): request id, access log, security headers,
+body size limit; and CORS whose refusals are problem+json.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +9,10 @@ import re
 import time
 import uuid
 
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import problem_response
@@ -16,14 +21,29 @@ access_log = logging.getLogger("app.access")
 logger = logging.getLogger("app.errors")
 # An incoming X-Request-ID is echoed only if it looks like an id, so logs cannot be forged with it.
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+NO_STORE = (b"cache-control", b"no-store")
 
 
 class RequestContextMiddleware:
-    """Adds X-Request-ID, logs one JSON line per request, and answers 413 for oversized bodies."""
+    """Adds X-Request-ID and the security headers, logs one JSON line per request, and answers 413
+    for oversized bodies.
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    Every response gets `X-Content-Type-Options: nosniff`, and `Cache-Control: no-store` unless its
+    path starts with one of `cacheable_paths` (the public docs) or the app chose a Cache-Control:
+    API responses carry a user's data, and a cached /health would hide an outage.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        cacheable_paths: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.cacheable_paths = cacheable_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,6 +64,7 @@ class RequestContextMiddleware:
             return
 
         received = 0
+        no_store = not (self.cacheable_paths and scope["path"].startswith(self.cacheable_paths))
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -61,7 +82,11 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                headers = message.get("headers", [])
+                extra = [(b"x-request-id", request_id.encode()), NOSNIFF]
+                if no_store and not any(name.lower() == b"cache-control" for name, _ in headers):
+                    extra.append(NO_STORE)
+                message["headers"] = [*headers, *extra]
             await send(message)
 
         try:
@@ -78,7 +103,8 @@ class RequestContextMiddleware:
 
     async def _reject(self, status: int, request_id: str, scope: Scope, receive: Receive, send: Send) -> None:
         detail = "The request body is larger than allowed." if status == 413 else "Invalid Content-Length."
-        response = problem_response(status, detail, headers={"X-Request-ID": request_id, "Connection": "close"})
+        headers = {"X-Request-ID": request_id, "Connection": "close", "X-Content-Type-Options": "nosniff"}
+        response = problem_response(status, detail, headers={**headers, "Cache-Control": "no-store"})
         await response(scope, receive, send)
 
     def _log(self, scope: Scope, status: int, started: float, request_id: str) -> None:
@@ -93,3 +119,21 @@ class RequestContextMiddleware:
                 "request_id": request_id,
             },
         )
+
+
+class ProblemCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, except that a refused preflight is a 403 problem+json, not text/plain 400.
+
+    403: the request is well-formed, but this origin (or method, or header) is not allowed. Browsers
+    look only at the missing Access-Control-Allow-* headers; the body is for people and tools.
+    """
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        """The preflight answer; refusals rendered as problem+json."""
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        # Starlette's fixed text, e.g. "Disallowed CORS origin, method": it never echoes the request.
+        detail = bytes(response.body).decode() + "."
+        kept = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
+        return problem_response(403, detail, headers=kept)
