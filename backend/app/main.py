@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.MAX_BODY_BYTES,
+        read_timeout=settings.HTTP_READ_TIMEOUT_S,
         cacheable_paths=("/docs", "/redoc", "/openapi.json"),  # the public docs
     )
 

@@ -1,9 +1,10 @@
 """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): request id, access log, security headers,
-body size limit; and CORS whose refusals are problem+json.
+body size limit and read timeout; and CORS whose refusals are problem+json.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -26,8 +27,8 @@ NO_STORE = (b"cache-control", b"no-store")
 
 
 class RequestContextMiddleware:
-    """Adds X-Request-ID and the security headers, logs one JSON line per request, and answers 413
-    for oversized bodies.
+    """Adds X-Request-ID and the security headers, logs one JSON line per request, answers 413 for
+    oversized bodies and 408 for a body that stalls.
 
     Every response gets `X-Content-Type-Options: nosniff`, and `Cache-Control: no-store` unless its
     path starts with one of `cacheable_paths` (the public docs) or the app chose a Cache-Control:
@@ -39,10 +40,12 @@ class RequestContextMiddleware:
         app: ASGIApp,
         *,
         max_body_bytes: int,
+        read_timeout: float = 10.0,
         cacheable_paths: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.read_timeout = read_timeout
         self.cacheable_paths = cacheable_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -64,17 +67,31 @@ class RequestContextMiddleware:
             return
 
         received = 0
+        body_complete = False
         no_store = not (self.cacheable_paths and scope["path"].startswith(self.cacheable_paths))
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_complete
+            if body_complete:  # later reads only wait for a disconnect: no deadline
+                return await receive()
+            try:
+                # Per read, so a slow upload that keeps moving is fine and a stalled one is not.
+                async with asyncio.timeout(self.read_timeout):
+                    message = await receive()
+            except TimeoutError:
+                # FastAPI re-raises HTTPException from the body read (anything else it would turn
+                # into a 400), and errors.py renders it.
+                raise HTTPException(408, "The request body stalled.", headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_complete = not message.get("more_body", False)
                 if received > self.max_body_bytes:
-                    # A chunked body without Content-Length: FastAPI re-raises HTTPException from the
-                    # body read (anything else it would turn into a 400), and errors.py renders it.
-                    raise HTTPException(413, "The request body is larger than allowed.")
+                    # A chunked body without Content-Length (the rest is not read: close).
+                    raise HTTPException(
+                        413, "The request body is larger than allowed.", headers={"Connection": "close"}
+                    )
+            else:
+                body_complete = True
             return message
 
         async def send_with_id(message: Message) -> None:
