@@ -16,6 +16,8 @@ from starlette.responses import Response
 PROBLEM_JSON = "application/problem+json"
 # Seconds a client should wait before retrying when the database is unreachable.
 RETRY_AFTER_SECONDS = 2
+# A 422 lists at most this many errors; `errors_omitted` counts the rest, so the answer stays small.
+MAX_LISTED_ERRORS = 20
 
 logger = logging.getLogger("app.errors")
 
@@ -106,11 +108,13 @@ async def _on_problem(_: Request, exc: Exception) -> Response:
 async def _on_validation(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     # Only location, message and type: pydantic's `input` could echo secrets or huge bodies back.
+    found = exc.errors()
     errors = [
         {"loc": _loc(err["loc"]), "msg": err["msg"].removeprefix("Value error, "), "type": err["type"]}
-        for err in exc.errors()
+        for err in found[:MAX_LISTED_ERRORS]
     ]
-    return problem_response(422, "The request is not valid; see `errors`.", errors=errors)
+    omitted: dict[str, Any] = {"errors_omitted": len(found) - len(errors)} if len(found) > len(errors) else {}
+    return problem_response(422, "The request is not valid; see `errors`.", errors=errors, **omitted)
 
 
 async def _on_http(_: Request, exc: Exception) -> Response:

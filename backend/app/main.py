@@ -17,6 +17,7 @@ from app.auth.jwt import TokenVerifier
 from app.config import Settings, config_error_line, get_settings
 from app.database import Database, create_engine
 from app.errors import install_error_handlers
+from app.jsonguard import JSONShapeMiddleware
 from app.logging import configure_logging
 from app.middleware import ProblemCORSMiddleware, RequestContextMiddleware
 from app.routers import health, tasks
@@ -80,6 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tasks.router)
+    # Innermost: a crowded JSON body is refused before FastAPI parses and validates it; inside CORS,
+    # so a browser can read that 422 too.
+    app.add_middleware(JSONShapeMiddleware)
     app.add_middleware(
         ProblemCORSMiddleware,
         allow_origins=settings.CORS_ORIGINS,
