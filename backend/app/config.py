@@ -93,6 +93,8 @@ class Settings(DatabaseSettings):
     MAX_HEADER_BYTES: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
     HTTP_READ_TIMEOUT_S: float = Field(default=10.0, gt=0, le=300)
     MAX_CONNECTIONS: int = Field(default=512, ge=1, le=65536)
+    # Swagger UI (/docs) and ReDoc (/redoc), served from a pinned package; /openapi.json stays.
+    DOCS_ENABLED: bool = True
 
     @field_validator("CORS_ORIGINS", "JWT_ALGORITHMS", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from app.auth.jwks import JWKSClient
 from app.auth.jwt import TokenVerifier
 from app.config import Settings, config_error_line, get_settings
 from app.database import Database, create_engine
+from app.docs import DOCS_PATHS, install_docs
 from app.errors import install_error_handlers
 from app.jsonguard import JSONShapeMiddleware
 from app.logging import configure_logging
@@ -77,10 +78,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # self-hosted below instead of FastAPI's CDN pages
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tasks.router)
+    if settings.DOCS_ENABLED:
+        install_docs(app)
     # Innermost: a crowded JSON body is refused before FastAPI parses and validates it; inside CORS,
     # so a browser can read that 422 too.
     app.add_middleware(JSONShapeMiddleware)
@@ -97,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestContextMiddleware,
         max_body_bytes=settings.MAX_BODY_BYTES,
         read_timeout=settings.HTTP_READ_TIMEOUT_S,
-        cacheable_paths=("/docs", "/redoc", "/openapi.json"),  # the public docs
+        cacheable_paths=DOCS_PATHS,
     )
 
     def openapi() -> dict[str, Any]:
