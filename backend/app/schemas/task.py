@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -19,8 +20,19 @@ def _storable(value: str) -> str:
     return value
 
 
+# Characters that show nothing: separators (Z*), controls (Cc), format characters (Cf: U+200B, U+2060,
+# U+FEFF, ...), and a few letters and marks that render blank (Hangul fillers, the combining grapheme
+# joiner, variation selectors).
+_INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf"})
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u034f") | {chr(c) for c in range(0xFE00, 0xFE10)}
+
+
+def _invisible(char: str) -> bool:
+    return char.isspace() or char in _INVISIBLE or unicodedata.category(char) in _INVISIBLE_CATEGORIES
+
+
 def _not_blank(value: str) -> str:
-    if not value:
+    if all(_invisible(char) for char in value):  # also true for ""
         raise ValueError("must not be blank")
     return value
 
