@@ -103,7 +103,7 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 async def test_parallel_unknown_keys_bodies_leave_others_served(server: APIServer) -> None:
     assert server.process is not None
     body = unknown_keys_body()
-    hostile, rounds = 8, 3
+    hostile, rounds = 8, 8  # about 2 s of attack, so the bystander makes several calls meanwhile
     headers = {**auth(new_user()), "Content-Type": "application/json"}
 
     async def attack(client: httpx.AsyncClient) -> list[httpx.Response]:
