@@ -92,6 +92,13 @@ class Settings(DatabaseSettings):
     # Serving (python -m app.serve): worker processes, and the proxies trusted for X-Forwarded-*.
     WEB_CONCURRENCY: int = Field(default=1, ge=1, le=64)
     FORWARDED_ALLOW_IPS: str = "127.0.0.1"
+    # HTTP limits of `python -m app.serve` (README "Limits"): request line + headers, in bytes; seconds
+    # a request head may take to arrive and a request body may stall; connections per worker process.
+    MAX_HEADER_BYTES: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    HTTP_READ_TIMEOUT_S: float = Field(default=10.0, gt=0, le=300)
+    MAX_CONNECTIONS: int = Field(default=512, ge=1, le=65536)
+    # Swagger UI (/docs) and ReDoc (/redoc), served from a pinned package; /openapi.json stays.
+    DOCS_ENABLED: bool = True
 
     @field_validator("CORS_ORIGINS", "JWT_ALGORITHMS", mode="before")
     @classmethod

@@ -18,6 +18,8 @@ from starlette.routing import Match
 PROBLEM_JSON = "application/problem+json"
 # Seconds a client should wait before retrying when the database is unreachable.
 RETRY_AFTER_SECONDS = 2
+# A 422 lists at most this many errors; `errors_omitted` counts the rest, so the answer stays small.
+MAX_LISTED_ERRORS = 20
 
 logger = logging.getLogger("app.errors")
 
@@ -140,11 +142,13 @@ async def _on_problem(_: Request, exc: Exception) -> Response:
 async def _on_validation(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     # Only location, message and type: pydantic's `input` could echo secrets or huge bodies back.
+    found = exc.errors()
     errors = [
         {"loc": _loc(err["loc"]), "msg": err["msg"].removeprefix("Value error, "), "type": err["type"]}
-        for err in exc.errors()
+        for err in found[:MAX_LISTED_ERRORS]
     ]
-    return problem_response(422, ValidationFailed.description, errors=errors)
+    omitted: dict[str, Any] = {"errors_omitted": len(found) - len(errors)} if len(found) > len(errors) else {}
+    return problem_response(422, ValidationFailed.description, errors=errors, **omitted)
 
 
 async def _on_http(request: Request, exc: Exception) -> Response:

@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
 
 from app.auth.jwks import JWKSClient
@@ -20,9 +19,11 @@ from app.cancellation import CancelOnDisconnectMiddleware
 from app.config import Settings, config_error_line, get_settings
 from app.database import Database, create_engine
 from app.dburl import engine_spec
+from app.docs import DOCS_PATHS, install_docs
 from app.errors import install_error_handlers
+from app.jsonguard import JSONShapeMiddleware
 from app.logging import configure_logging
-from app.middleware import RequestContextMiddleware
+from app.middleware import ProblemCORSMiddleware, RequestContextMiddleware
 from app.openapi import install_openapi
 from app.routers import health, tasks
 
@@ -92,14 +93,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # self-hosted below instead of FastAPI's CDN pages
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tasks.router)
+    if settings.DOCS_ENABLED:
+        install_docs(app)
     # Innermost: cancels the handler (and its database statement) when the client goes away.
     app.add_middleware(CancelOnDisconnectMiddleware)
+    # Then: a crowded JSON body is refused before FastAPI parses and validates it; inside CORS,
+    # so a browser can read that 422 too.
+    app.add_middleware(JSONShapeMiddleware)
     app.add_middleware(
-        CORSMiddleware,
+        ProblemCORSMiddleware,
         allow_origins=settings.CORS_ORIGINS,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
         allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID"],
@@ -107,7 +115,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_age=600,
     )
     # Outermost, so the request id and the access log cover CORS answers and errors too.
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.MAX_BODY_BYTES)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.MAX_BODY_BYTES,
+        read_timeout=settings.HTTP_READ_TIMEOUT_S,
+        cacheable_paths=DOCS_PATHS,
+    )
 
     install_openapi(app)
     return app

@@ -1,13 +1,19 @@
-"""Pure ASGI middleware (cheaper than BaseHTTPMiddleware): request id, access log, body size limit."""
+"""Pure ASGI middleware (cheaper than BaseHTTPMiddleware): request id, access log, security headers,
+body size limit and read timeout; and CORS whose refusals are problem+json.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import uuid
 
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.cancellation import CLIENT_GONE
@@ -17,14 +23,31 @@ access_log = logging.getLogger("app.access")
 logger = logging.getLogger("app.errors")
 # An incoming X-Request-ID is echoed only if it looks like an id, so logs cannot be forged with it.
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+NO_STORE = (b"cache-control", b"no-store")
 
 
 class RequestContextMiddleware:
-    """Adds X-Request-ID, logs one JSON line per request, and answers 413 for oversized bodies."""
+    """Adds X-Request-ID and the security headers, logs one JSON line per request, answers 413 for
+    oversized bodies and 408 for a body that stalls.
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    Every response gets `X-Content-Type-Options: nosniff`, and `Cache-Control: no-store` unless its
+    path starts with one of `cacheable_paths` (the public docs) or the app chose a Cache-Control:
+    API responses carry a user's data, and a cached /health would hide an outage.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        read_timeout: float = 10.0,
+        cacheable_paths: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.read_timeout = read_timeout
+        self.cacheable_paths = cacheable_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,16 +68,31 @@ class RequestContextMiddleware:
             return
 
         received = 0
+        body_complete = False
+        no_store = not (self.cacheable_paths and scope["path"].startswith(self.cacheable_paths))
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_complete
+            if body_complete:  # later reads only wait for a disconnect: no deadline
+                return await receive()
+            try:
+                # Per read, so a slow upload that keeps moving is fine and a stalled one is not.
+                async with asyncio.timeout(self.read_timeout):
+                    message = await receive()
+            except TimeoutError:
+                # FastAPI re-raises HTTPException from the body read (anything else it would turn
+                # into a 400), and errors.py renders it.
+                raise HTTPException(408, "The request body stalled.", headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_complete = not message.get("more_body", False)
                 if received > self.max_body_bytes:
-                    # A chunked body without Content-Length: FastAPI re-raises HTTPException from the
-                    # body read (anything else it would turn into a 400), and errors.py renders it.
-                    raise HTTPException(413, "The request body is larger than allowed.")
+                    # A chunked body without Content-Length (the rest is not read: close).
+                    raise HTTPException(
+                        413, "The request body is larger than allowed.", headers={"Connection": "close"}
+                    )
+            else:
+                body_complete = True
             return message
 
         async def send_with_id(message: Message) -> None:
@@ -62,7 +100,11 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                headers = message.get("headers", [])
+                extra = [(b"x-request-id", request_id.encode()), NOSNIFF]
+                if no_store and not any(name.lower() == b"cache-control" for name, _ in headers):
+                    extra.append(NO_STORE)
+                message["headers"] = [*headers, *extra]
             await send(message)
 
         try:
@@ -81,7 +123,8 @@ class RequestContextMiddleware:
 
     async def _reject(self, status: int, request_id: str, scope: Scope, receive: Receive, send: Send) -> None:
         detail = "The request body is larger than allowed." if status == 413 else "Invalid Content-Length."
-        response = problem_response(status, detail, headers={"X-Request-ID": request_id, "Connection": "close"})
+        headers = {"X-Request-ID": request_id, "Connection": "close", "X-Content-Type-Options": "nosniff"}
+        response = problem_response(status, detail, headers={**headers, "Cache-Control": "no-store"})
         await response(scope, receive, send)
 
     def _log(self, scope: Scope, status: int, started: float, request_id: str) -> None:
@@ -96,3 +139,21 @@ class RequestContextMiddleware:
                 "request_id": request_id,
             },
         )
+
+
+class ProblemCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, except that a refused preflight is a 403 problem+json, not text/plain 400.
+
+    403: the request is well-formed, but this origin (or method, or header) is not allowed. Browsers
+    look only at the missing Access-Control-Allow-* headers; the body is for people and tools.
+    """
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        """The preflight answer; refusals rendered as problem+json."""
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        # Starlette's fixed text, e.g. "Disallowed CORS origin, method": it never echoes the request.
+        detail = bytes(response.body).decode() + "."
+        kept = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
+        return problem_response(403, detail, headers=kept)

@@ -5,11 +5,13 @@ pass over what FastAPI generates. Nothing here changes runtime behaviour.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
+from pydantic.json_schema import SkipJsonSchema
 
 from app.errors import PROBLEM_JSON, Problem
 from app.middleware import REQUEST_ID_PATTERN  # documented exactly as the middleware checks it
@@ -36,6 +38,10 @@ class ProblemDetail(BaseModel):
     detail: str = Field(examples=["No task with this id."])
 
 
+def _no_default(schema: JsonDict) -> None:
+    schema.pop("default", None)
+
+
 class ValidationProblemDetail(ProblemDetail):
     """The 422 problem: a ProblemDetail that lists every invalid input in `errors`."""
 
@@ -53,7 +59,14 @@ class ValidationProblemDetail(ProblemDetail):
         }
     )
 
-    errors: list[ValidationIssue] = Field(min_length=1)
+    errors: list[ValidationIssue] = Field(min_length=1, max_length=20, description="At most 20 errors.")
+    # Sent only when errors were left out, never as null (errors.MAX_LISTED_ERRORS).
+    errors_omitted: Annotated[int, Field(ge=1)] | SkipJsonSchema[None] = Field(
+        default=None,
+        description="Present when there were more than 20 errors: how many are not listed.",
+        examples=[3],
+        json_schema_extra=_no_default,
+    )
 
 
 _DEFAULT_DESCRIPTION = "Any other error (e.g. 500 for an unexpected failure), also problem+json."

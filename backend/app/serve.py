@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
+from app.httpserver import LimitedHttpToolsProtocol
 from app.logging import configure_logging
 from app.main import load_settings
 
@@ -22,6 +23,12 @@ def main() -> None:
         proxy_headers=True,
         forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
         timeout_graceful_shutdown=30,
+        # Bounded request heads, read deadlines, problem+json refusals (app/httpserver.py).
+        http=LimitedHttpToolsProtocol,
+        ws="none",  # no WebSocket routes; an upgrade would leave the limits above behind
+        # Connections (idle keep-alive ones included) or requests in flight per worker; uvicorn
+        # answers the next one 503 at once (its check is `>=`, hence the + 1).
+        limit_concurrency=settings.MAX_CONNECTIONS + 1,
     )
 
 

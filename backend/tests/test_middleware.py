@@ -74,3 +74,45 @@ async def test_unexpected_error_is_problem_500_with_request_id_and_one_log_line(
     errors = [json.loads(line) for line in lines if '"level":"ERROR"' in line]
     assert len(errors) == 1
     assert errors[0]["request_id"] == "boom-1"
+
+
+async def test_every_response_is_nosniff_and_api_responses_are_no_store(client: httpx.AsyncClient) -> None:
+    user = auth(new_user())
+    preflight = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"}
+    responses = {
+        "list": await client.get("/api/tasks", headers=user),
+        "created": await client.post("/api/tasks", json={"title": "cache me not"}, headers=user),
+        "401": await client.get("/api/tasks"),
+        "422": await client.post("/api/tasks", json={}, headers=user),
+        "404 task": await client.get("/api/tasks/00000000-0000-4000-8000-000000000000", headers=user),
+        "404 route": await client.get("/nowhere"),
+        "405": await client.put("/health"),
+        "413": await client.post("/api/tasks", content=b"{}", headers={**user, "Content-Length": str(2 << 20)}),
+        "preflight": await client.options("/api/tasks", headers=preflight),
+        "health": await client.get("/health"),
+    }
+    for name, response in responses.items():
+        assert response.headers["x-content-type-options"] == "nosniff", name
+        assert response.headers["cache-control"] == "no-store", name
+    docs = await client.get("/openapi.json")
+    assert docs.headers["x-content-type-options"] == "nosniff"
+    assert "cache-control" not in docs.headers  # public and the same for everyone
+
+
+async def test_refused_preflight_is_403_problem(client: httpx.AsyncClient) -> None:
+    cases = {
+        "origin": {"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
+        "method": {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "TRACE"},
+        "headers": {
+            "Origin": "http://localhost:3000",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "x-secret",
+        },
+    }
+    for failure, headers in cases.items():
+        response = await client.options("/api/tasks", headers=headers)
+        body = assert_problem(response, 403)
+        assert body["detail"] == f"Disallowed CORS {failure}.", body
+        assert "access-control-allow-origin" not in response.headers or failure != "origin"
+        assert "evil" not in response.text
+        assert response.headers["vary"].startswith("Origin")

@@ -1,4 +1,5 @@
-"""The one rendering of a task, and the contract's string rules against the validators.
+"""The one rendering of a task, the contract's string rules against the validators, and what a
+blank title is.
 
 render_task/render_page must give exactly the bytes pydantic gives for TaskRead/TaskPage, and every
 pattern the contract publishes must accept exactly what the server accepts.
@@ -11,6 +12,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, cast
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,6 +31,7 @@ from app.schemas.task import (
     render_task,
     task_json,
 )
+from tests.support import assert_problem, auth, new_user
 
 
 def task_row(**fields: Any) -> TaskRow:
@@ -139,3 +142,34 @@ def test_rfc3339_pattern_accepts_exactly_what_the_server_accepts(value: str) -> 
     assert accepted == (re.fullmatch(RFC3339_PATTERN, value) is not None), value
     if accepted:
         assert parsed is not None and parsed.utcoffset() == timedelta(0)
+
+
+# --- blank titles through the API ---------------------------------------------------------------
+
+INVISIBLE_TITLES = {
+    "zero-width-space": "\u200b",
+    "word-joiner": "\u2060",
+    "bom": "\ufeff",
+    "mixed-format-and-spaces": " \u200b\u2060\ufeff\u00a0\u3000\t",
+    "hangul-filler": "\u3164",
+    "soft-hyphen": "\u00ad",
+    "variation-selector": "\ufe0f",
+}
+
+
+@pytest.mark.parametrize("title", INVISIBLE_TITLES.values(), ids=INVISIBLE_TITLES.keys())
+async def test_invisible_title_is_blank(client: httpx.AsyncClient, title: str) -> None:
+    user = auth(new_user())
+    created = await client.post("/api/tasks", json={"title": title}, headers=user)
+    body = assert_problem(created, 422)
+    assert body["errors"] == [{"loc": ["body", "title"], "msg": "must not be blank", "type": "value_error"}]
+    existing = await client.post("/api/tasks", json={"title": "visible"}, headers=user)
+    patched = await client.patch(f"/api/tasks/{existing.json()['id']}", json={"title": title}, headers=user)
+    assert assert_problem(patched, 422)["errors"][0]["msg"] == "must not be blank"
+
+
+@pytest.mark.parametrize("title", ["a\u200b", "\u200bx\u200b", "\u3164\u3131", "🙂"])
+async def test_title_with_something_visible_is_kept(client: httpx.AsyncClient, title: str) -> None:
+    created = await client.post("/api/tasks", json={"title": title}, headers=auth(new_user()))
+    assert created.status_code == 201, created.text
+    assert created.json()["title"] == title

@@ -20,14 +20,15 @@ from app.models.task import TaskPriority, TaskRow, TaskStatus
 # where JSON Schema has no way to say it), so a request that is valid by the contract is accepted.
 
 # Characters that show nothing on their own: whitespace, controls and the Basic Multilingual Plane's
-# invisible format characters (Unicode categories Cc, Cf; e.g. U+200B, U+2060, U+FEFF) and Hangul
-# fillers. A title made only of these is blank. Written as ranges that mean the same in Python and
-# ECMA-262 regular expressions (no `\s`, whose members differ between the two).
+# invisible format characters (Unicode categories Cc, Cf; e.g. U+200B, U+2060, U+FEFF), Hangul
+# fillers, the combining grapheme joiner and variation selectors. A title made only of these is
+# blank. Written as ranges that mean the same in Python and ECMA-262 regular expressions (no `\s`,
+# whose members differ between the two).
 _BLANK_RANGES = (
-    (0x0000, 0x0020), (0x007F, 0x00A0), (0x00AD, 0x00AD), (0x0600, 0x0605), (0x061C, 0x061C),
+    (0x0000, 0x0020), (0x007F, 0x00A0), (0x00AD, 0x00AD), (0x034F, 0x034F), (0x0600, 0x0605), (0x061C, 0x061C),
     (0x06DD, 0x06DD), (0x070F, 0x070F), (0x0890, 0x0891), (0x08E2, 0x08E2), (0x115F, 0x1160),
     (0x1680, 0x1680), (0x180E, 0x180E), (0x2000, 0x200F), (0x2028, 0x202F), (0x205F, 0x2064),
-    (0x2066, 0x206F), (0x3000, 0x3000), (0x3164, 0x3164), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0),
+    (0x2066, 0x206F), (0x3000, 0x3000), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0),
     (0xFFF9, 0xFFFB),
 )  # fmt: skip
 _BLANK = frozenset(chr(cp) for low, high in _BLANK_RANGES for cp in range(low, high + 1))
@@ -49,7 +50,7 @@ def _storable(value: str) -> str:
 def _title(value: str) -> str:
     _storable(value)
     if _BLANK.issuperset(value):
-        raise ValueError("must not be blank (whitespace or invisible characters only)")
+        raise ValueError("must not be blank")
     # Stored without surrounding whitespace; the visible character checked above survives.
     return value.strip()
 

@@ -6,20 +6,23 @@ the server logged (errors, access lines) and the teardown can end the server and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
-from tests.support import BACKEND_DIR, SECRET
+from tests.support import BACKEND_DIR, SECRET, auth, new_user
 
 # Passed through to the server so it finds the venv's tools and locale; nothing else leaks in.
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
@@ -145,3 +148,71 @@ def api_servers(
     finally:
         for server in servers:
             server.stop()
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (peak) of a process, in KiB, from /proc."""
+    values: dict[str, int] = {}
+    for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(value.split()[0])
+    return values
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, from /proc."""
+    fields = (Path("/proc") / str(pid) / "stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Bystander:
+    """A second, well-behaved user who creates a task and reads it back, over and over, while a
+    hostile client runs (`async with Bystander(url):`). On exit every call must have been a 2xx;
+    the timings are printed (never asserted: the machine is shared)."""
+
+    def __init__(self, url: str, *, pause: float = 0.05, timeout: float = 30.0) -> None:
+        self.url = url
+        self.pause = pause
+        self.timeout = timeout
+        self.calls: list[tuple[str, int, float]] = []  # (what, status, seconds)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _call(
+        self, client: httpx.AsyncClient, what: str, method: str, path: str, **kwargs: Any
+    ) -> httpx.Response:
+        started = time.perf_counter()
+        response = await client.request(method, path, **kwargs)
+        self.calls.append((what, response.status_code, time.perf_counter() - started))
+        return response
+
+    async def _run(self) -> None:
+        headers = auth(new_user())
+        async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout, headers=headers) as client:
+            while True:
+                created = await self._call(client, "POST", "POST", "/api/tasks", json={"title": "still here"})
+                if created.status_code == 201:
+                    await self._call(client, "GET", "GET", f"/api/tasks/{created.json()['id']}")
+                if self._stop.is_set():
+                    return  # at least one round, and one more after the hostile client finished
+                await asyncio.sleep(self.pause)
+
+    async def __aenter__(self) -> Bystander:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._task is not None
+        await self._task
+        for what in ("POST", "GET"):
+            seconds = sorted(s for w, _, s in self.calls if w == what)
+            if seconds:
+                print(
+                    f"bystander {what}: {len(seconds)} calls, median {statistics.median(seconds) * 1000:.0f} ms, "
+                    f"max {seconds[-1] * 1000:.0f} ms"
+                )
+        assert self.calls, "the bystander made no call"
+        failed = [(what, status) for what, status, _ in self.calls if not 200 <= status < 300]
+        assert not failed, f"the bystander got {failed}"
