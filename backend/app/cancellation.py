@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # A request still running after this long starts watching for its client's disconnect.
 WATCH_AFTER_SECONDS = 0.05
+_BODY_HEADERS = (b"content-length", b"transfer-encoding")
 # Set in the ASGI scope of a request whose client went away before it was answered.
 CLIENT_GONE = "app.client_gone"
 
@@ -32,12 +33,14 @@ class CancelOnDisconnectMiddleware:
         handler = asyncio.current_task()
         assert handler is not None
         watcher: asyncio.Task[Message] | None = None
-        disconnected = False
+        disconnected = answered = False
         pending: Message | None = None
 
         def on_message(task: asyncio.Task[Message]) -> None:
             nonlocal disconnected
-            if not task.cancelled() and task.exception() is None and task.result()["type"] == "http.disconnect":
+            if answered or task.cancelled() or task.exception() is not None:
+                return
+            if task.result()["type"] == "http.disconnect":
                 disconnected = True
                 handler.cancel()
 
@@ -67,14 +70,23 @@ class CancelOnDisconnectMiddleware:
                 watch_later()
             return message
 
-        headers = dict(scope["headers"])
-        if b"content-length" not in headers and b"transfer-encoding" not in headers:
+        async def watched_send(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Answered in full: a disconnect from now on (or an in-process client's end of
+                # the exchange) must not cancel what is left of the handler.
+                answered = True
+                if timer is not None:
+                    timer.cancel()
+            await send(message)
+
+        if not any(name in _BODY_HEADERS for name, _ in scope["headers"]):
             # No body (a GET): the handler may never read one, so read its empty message now.
             pending = await receive()
             if pending["type"] == "http.request":
                 watch_later()
         try:
-            await self.app(scope, watched_receive, send)
+            await self.app(scope, watched_receive, watched_send)
         except asyncio.CancelledError:
             if not disconnected:
                 raise
