@@ -15,7 +15,6 @@ from pydantic import ValidationError
 
 from app.auth.jwks import JWKSClient
 from app.auth.jwt import TokenVerifier
-from app.cancellation import CancelOnDisconnectMiddleware
 from app.config import Settings, config_error_line, get_settings
 from app.database import Database, create_engine
 from app.dburl import engine_spec
@@ -101,9 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tasks.router)
     if settings.DOCS_ENABLED:
         install_docs(app)
-    # Innermost: cancels the handler (and its database statement) when the client goes away.
-    app.add_middleware(CancelOnDisconnectMiddleware)
-    # Then: a crowded JSON body is refused before FastAPI parses and validates it; inside CORS,
+    # Innermost: a crowded JSON body is refused before FastAPI parses and validates it; inside CORS,
     # so a browser can read that 422 too.
     app.add_middleware(JSONShapeMiddleware)
     app.add_middleware(
@@ -114,7 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expose_headers=["ETag", "Location", "Retry-After", "X-Request-ID", "Idempotent-Replayed"],
         max_age=600,
     )
-    # Outermost, so the request id and the access log cover CORS answers and errors too.
+    # Outermost, so the request id, the access log and cancellation on disconnect cover CORS answers
+    # and errors too.
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.MAX_BODY_BYTES,

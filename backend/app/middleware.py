@@ -1,5 +1,6 @@
 """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): request id, access log, security headers,
-body size limit and read timeout; and CORS whose refusals are problem+json.
+body size limit and read timeout, cancelling the work of a client that went away; and CORS whose
+refusals are problem+json.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.cancellation import CLIENT_GONE
 from app.errors import problem_response
 
 access_log = logging.getLogger("app.access")
@@ -25,6 +25,10 @@ logger = logging.getLogger("app.errors")
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 NOSNIFF = (b"x-content-type-options", b"nosniff")
 NO_STORE = (b"cache-control", b"no-store")
+_BODY_HEADERS = (b"content-length", b"transfer-encoding")
+# A request still running after this long starts watching for its client's disconnect: most are
+# answered within milliseconds, and a watcher task for each would cost more than it saves.
+WATCH_AFTER_SECONDS = 0.05
 
 
 class RequestContextMiddleware:
@@ -34,6 +38,12 @@ class RequestContextMiddleware:
     Every response gets `X-Content-Type-Options: nosniff`, and `Cache-Control: no-store` unless its
     path starts with one of `cacheable_paths` (the public docs) or the app chose a Cache-Control:
     API responses carry a user's data, and a cached /health would hide an outage.
+
+    Starlette keeps running a handler after its client disconnected, so an abandoned search would
+    hold its database slot until it finished. Once a request has read its body and run for
+    WATCH_AFTER_SECONDS, a watcher awaits the client's `http.disconnect` and cancels the request's
+    task: asyncpg then cancels the running statement on the server, and on SQLite the statement is
+    interrupted (app.statement_limits). The access log says 499.
     """
 
     def __init__(
@@ -68,13 +78,46 @@ class RequestContextMiddleware:
             return
 
         received = 0
-        body_complete = False
+        body_complete = answered = disconnected = False
         no_store = not (self.cacheable_paths and scope["path"].startswith(self.cacheable_paths))
+        task = asyncio.current_task()
+        assert task is not None
+        watcher: asyncio.Task[Message] | None = None
+        timer: asyncio.TimerHandle | None = None
+        pending: Message | None = None
+
+        def on_message(done: asyncio.Task[Message]) -> None:
+            nonlocal disconnected
+            # Only before the response is complete: later (an in-process client's end of the
+            # exchange, a done-callback run late) there is nothing left to save.
+            if answered or done.cancelled() or done.exception() is not None:
+                return
+            if done.result()["type"] == "http.disconnect":
+                disconnected = True
+                task.cancel()
+
+        def watch() -> None:
+            nonlocal watcher
+            if watcher is None:
+                watcher = asyncio.ensure_future(receive())
+                watcher.add_done_callback(on_message)
+
+        def body_read() -> None:
+            nonlocal body_complete, timer
+            body_complete = True
+            timer = asyncio.get_running_loop().call_later(WATCH_AFTER_SECONDS, watch)
 
         async def limited_receive() -> Message:
-            nonlocal received, body_complete
-            if body_complete:  # later reads only wait for a disconnect: no deadline
-                return await receive()
+            nonlocal received, pending
+            if pending is not None:
+                message, pending = pending, None
+                return message
+            if body_complete:
+                # Later reads only wait for the disconnect, which the watcher awaits (one reader
+                # of the connection at a time); no deadline.
+                watch()
+                assert watcher is not None
+                return await asyncio.shield(watcher)
             try:
                 # Per read, so a slow upload that keeps moving is fine and a stalled one is not.
                 async with asyncio.timeout(self.read_timeout):
@@ -85,18 +128,19 @@ class RequestContextMiddleware:
                 raise HTTPException(408, "The request body stalled.", headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                body_complete = not message.get("more_body", False)
                 if received > self.max_body_bytes:
                     # A chunked body without Content-Length (the rest is not read: close).
                     raise HTTPException(
                         413, "The request body is larger than allowed.", headers={"Connection": "close"}
                     )
+                if not message.get("more_body", False):
+                    body_read()
             else:
-                body_complete = True
+                body_read()
             return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, response_started
+            nonlocal status, response_started, answered
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
@@ -105,10 +149,22 @@ class RequestContextMiddleware:
                 if no_store and not any(name.lower() == b"cache-control" for name, _ in headers):
                     extra.append(NO_STORE)
                 message["headers"] = [*headers, *extra]
+            elif not message.get("more_body", False):
+                answered = True
             await send(message)
 
+        if not any(name in _BODY_HEADERS for name, _ in scope["headers"]):
+            # No body (a GET): the handler may never read one, so read its empty message now.
+            pending = await receive()
+            body_read()
         try:
             await self.app(scope, limited_receive, send_with_id)
+        except asyncio.CancelledError:
+            if not disconnected:
+                raise
+            # Our own cancellation: the client is gone and there is no one to answer.
+            task.uncancel()
+            status = 499  # as nginx logs it
         except Exception as exc:
             # The last resort, here rather than in Starlette's outer ServerErrorMiddleware, so a 500
             # still carries the request id and is logged once.
@@ -117,8 +173,10 @@ class RequestContextMiddleware:
                 raise
             await problem_response(500, "An unexpected error occurred.")(scope, receive, send_with_id)
         finally:
-            if scope.get(CLIENT_GONE):
-                status = 499  # the client went away first (app.cancellation), as nginx logs it
+            if timer is not None:
+                timer.cancel()
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
             self._log(scope, status, started, request_id)
 
     async def _reject(self, status: int, request_id: str, scope: Scope, receive: Receive, send: Send) -> None:

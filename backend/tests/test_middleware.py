@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from app.main import create_app
+from app.middleware import WATCH_AFTER_SECONDS, RequestContextMiddleware
 from tests.support import SECRET, assert_problem, auth, captured_logs, hs256_token, new_user
 from tests.support.apps import http_client, make_settings
 
@@ -116,3 +123,30 @@ async def test_refused_preflight_is_403_problem(client: httpx.AsyncClient) -> No
         assert "access-control-allow-origin" not in response.headers or failure != "origin"
         assert "evil" not in response.text
         assert response.headers["vary"].startswith("Origin")
+
+
+# --- cancellation on disconnect (the real disconnect: tests/test_statement_limits.py) -------------
+
+
+async def slow(request: Request) -> PlainTextResponse:
+    await request.body()
+    await asyncio.sleep(WATCH_AFTER_SECONDS * 3)  # long enough for the disconnect watcher to start
+    # Work after the last byte (as a FileResponse closing its file): the handler is still running
+    # when the client has its whole answer.
+    return PlainTextResponse("done", background=BackgroundTask(asyncio.sleep, 0))
+
+
+def slow_client() -> httpx.AsyncClient:
+    routes = [Route("/slow", slow, methods=["GET", "POST"])]
+    app = RequestContextMiddleware(Starlette(routes=routes), max_body_bytes=1024)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+async def test_disconnect_after_the_answer_cancels_nothing() -> None:
+    # httpx's in-process transport runs the app in the caller's task and reports a disconnect once
+    # the response is complete: the watcher must not cancel anything then.
+    async with slow_client() as c:
+        for method in ("GET", "POST"):
+            response = await c.request(method, "/slow", content=b"x" if method == "POST" else None)
+            assert response.text == "done"
+            await asyncio.sleep(WATCH_AFTER_SECONDS * 2)  # a cancellation would surface here
