@@ -7,14 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from types import TracebackType
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import event, text
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy import TextClause, event, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app import statement_limits
@@ -108,51 +109,20 @@ class Database:
             None if local_timeout_ms is None else text(statement_limits.local_setting(local_timeout_ms))
         )
 
-    @asynccontextmanager
-    async def transaction(self, owner: str) -> AsyncIterator[AsyncConnection]:
-        """A connection in a transaction for `owner`'s request: commits when the block ends, rolls
-        back if it raised.
+    def transaction(self, owner: str) -> _Use:
+        """A connection in a transaction for `owner`'s request (`async with`): commits when the block
+        ends, rolls back if it raised.
         """
-        async with self._turn(owner), _limited(self.engine.begin()) as connection:
-            if self._set_local_timeout is not None:
-                await connection.execute(self._set_local_timeout)
-            yield connection
+        return _Use(self, owner, self.engine.begin, self._set_local_timeout)
 
-    @asynccontextmanager
-    async def reader(self, owner: str) -> AsyncIterator[AsyncConnection]:
-        """A connection for `owner`'s reads, each statement committed on its own."""
+    def reader(self, owner: str) -> _Use:
+        """A connection for `owner`'s reads (`async with`), each statement committed on its own.
+
+        Behind a pooler reads run in a transaction too: SET LOCAL needs one.
+        """
         if self._set_local_timeout is not None:
-            # SET LOCAL needs a transaction: through a pooler reads run in one too.
-            async with self.transaction(owner) as connection:
-                yield connection
-            return
-        async with self._turn(owner), _limited(self.read_engine.connect()) as connection:
-            yield connection
-
-    @asynccontextmanager
-    async def _turn(self, owner: str) -> AsyncIterator[None]:
-        slots = self._owners.get(owner)
-        if slots is None:
-            slots = self._owners[owner] = _OwnerSlots(self._per_owner)
-        slots.users += 1
-        try:
-            try:
-                await _acquire(slots.semaphore, self.wait_timeout)
-            except TimeoutError:
-                raise TooManyRequests("Too many of your requests are in progress at once; retry shortly.") from None
-            try:
-                # Waiting longer than a connect would take means the database is not keeping up: 503.
-                await _acquire(self._slots, self.wait_timeout)
-                try:
-                    yield
-                finally:
-                    self._slots.release()
-            finally:
-                slots.semaphore.release()
-        finally:
-            slots.users -= 1
-            if slots.users == 0:
-                del self._owners[owner]
+            return self.transaction(owner)
+        return _Use(self, owner, self.read_engine.connect, None)
 
     async def ping(self) -> None:
         """Raise if the database cannot answer `SELECT 1` in time."""
@@ -195,28 +165,97 @@ async def _acquire(semaphore: asyncio.Semaphore, wait_timeout: float) -> None:
         await semaphore.acquire()
 
 
-@asynccontextmanager
-async def _limited(opening: AbstractAsyncContextManager[AsyncConnection]) -> AsyncIterator[AsyncConnection]:
-    """The connection `opening` gives, with a statement over its time limit turned into QueryTimeout,
-    and the statement of a request that was cancelled (its client went away) stopped.
+class _Use:
+    """One request's use of a connection: the owner's slot, then a shared slot, then the connection.
+
+    On the way out: a statement over its time limit becomes QueryTimeout (422), the statement of a
+    request cancelled because its client went away is stopped, and the slots are given back. A
+    class rather than a generator-based context manager: this runs on every request.
     """
-    try:
-        async with opening as connection:
+
+    __slots__ = ("_connection", "_context", "_db", "_open", "_owner", "_owner_slots", "_set_local")
+
+    def __init__(
+        self,
+        db: Database,
+        owner: str,
+        open_connection: Callable[[], AbstractAsyncContextManager[AsyncConnection]],
+        set_local: TextClause | None,
+    ) -> None:
+        self._db = db
+        self._owner = owner
+        self._open = open_connection
+        self._set_local = set_local
+
+    async def __aenter__(self) -> AsyncConnection:
+        db, owner = self._db, self._owner
+        slots = db._owners.get(owner)
+        if slots is None:
+            slots = db._owners[owner] = _OwnerSlots(db._per_owner)
+        slots.users += 1
+        self._owner_slots = slots
+        try:
             try:
-                yield connection
-            except asyncio.CancelledError:
-                statement_limits.stop_statement(connection)
+                await _acquire(slots.semaphore, db.wait_timeout)
+            except TimeoutError:
+                raise TooManyRequests("Too many of your requests are in progress at once; retry shortly.") from None
+            try:
+                # Waiting longer than a connect would take means the database is not keeping up: 503.
+                await _acquire(db._slots, db.wait_timeout)
+                try:
+                    self._context = self._open()
+                    self._connection = await self._context.__aenter__()
+                    if self._set_local is not None:
+                        try:
+                            await self._connection.execute(self._set_local)
+                        except BaseException as exc:
+                            await self._context.__aexit__(type(exc), exc, exc.__traceback__)
+                            raise
+                    return self._connection
+                except BaseException:
+                    db._slots.release()
+                    raise
+            except BaseException:
+                slots.semaphore.release()
                 raise
-    except DBAPIError as exc:
-        if statement_limits.is_statement_timeout(exc):
-            raise QueryTimeout() from None
-        raise
-    except SQLAlchemyError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            # Cleaning up after the interrupted statement failed; the cancellation is what happened.
-            raise asyncio.CancelledError from None
-        raise
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        try:
+            try:
+                await self._context.__aexit__(exc_type, exc, traceback)
+            except SQLAlchemyError as cleanup:
+                raise _translated(cleanup) from None
+            if isinstance(exc, SQLAlchemyError):
+                translated = _translated(exc)
+                if translated is not exc:
+                    raise translated from None
+        finally:
+            self._db._slots.release()
+            self._owner_slots.semaphore.release()
+            self._leave()
+
+    def _leave(self) -> None:
+        slots = self._owner_slots
+        slots.users -= 1
+        if slots.users == 0:
+            del self._db._owners[self._owner]
+
+
+def _translated(error: SQLAlchemyError) -> BaseException:
+    """What a database error during a request means for the client."""
+    if statement_limits.is_statement_timeout(error):
+        return QueryTimeout()
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        # The statement was interrupted because the request was cancelled (its client went away):
+        # the cancellation is what happened, not the driver's complaint about it.
+        return asyncio.CancelledError()
+    return error
 
 
 async def get_database(request: Request) -> Database:

@@ -18,7 +18,7 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import problem_response
+from app.errors import ValidationFailed, problem_response
 
 # Members of one JSON object; a task has 5 fields, so this leaves room for any future shape.
 MAX_OBJECT_MEMBERS = 64
@@ -99,7 +99,7 @@ class JSONShapeMiddleware:
                 "msg": f"has an object with {members} members; at most {self.max_members} are allowed",
                 "type": "too_many_members",
             }
-            response = problem_response(422, "The request is not valid; see `errors`.", errors=[error])
+            response = problem_response(422, ValidationFailed.description, errors=[error])
             await response(scope, receive, send)
             return
 

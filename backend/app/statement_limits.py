@@ -15,13 +15,15 @@ which a retry would not change (unlike 503).
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection, ExceptionContext
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_
 
 # SQLite calls the progress handler every this many virtual machine instructions. Few, because one
@@ -59,6 +61,7 @@ def install(engine: AsyncEngine, timeout_ms: int, *, session_setting: bool) -> N
     if sync_engine.dialect.name == "sqlite":
         event.listen(sync_engine, "connect", _sqlite_connect(timeout_ms / 1000))
         event.listen(sync_engine, "before_cursor_execute", _sqlite_before_execute)
+        event.listen(sync_engine, "handle_error", _sqlite_on_error)
     elif session_setting:
         event.listen(sync_engine, "connect", _postgres_connect(timeout_ms))
 
@@ -86,20 +89,28 @@ def _sqlite_connect(seconds: float) -> Any:
     return on_connect
 
 
+# The deadline of the SQLite statement each task is running, for `_sqlite_on_error`.
+_RUNNING: weakref.WeakKeyDictionary[asyncio.Task[Any], _Deadline] = weakref.WeakKeyDictionary()
+
+
 def _sqlite_before_execute(conn: Connection, *_: Any) -> None:
     deadline: _Deadline | None = conn.info.get("deadline")
     if deadline is not None:
         deadline.start()
+        task = asyncio.current_task()
+        if task is not None:
+            _RUNNING[task] = deadline
 
 
-def stop_statement(connection: AsyncConnection) -> None:
-    """Interrupt what `connection` is running for a request that was cancelled (SQLite).
-
-    On PostgreSQL asyncpg cancels the statement itself when its task is cancelled.
-    """
-    deadline: _Deadline | None = connection.info.get("deadline")
-    if deadline is not None:
-        deadline.cancelled = True
+def _sqlite_on_error(context: ExceptionContext) -> None:
+    # The task awaiting the statement was cancelled (its client went away), and SQLAlchemy is about
+    # to close the connection, which on aiosqlite would wait for the statement to finish: stop it
+    # first. (On PostgreSQL asyncpg itself sends the server a cancel request.)
+    if isinstance(context.original_exception, asyncio.CancelledError):
+        task = asyncio.current_task()
+        deadline = _RUNNING.pop(task, None) if task is not None else None
+        if deadline is not None:
+            deadline.cancelled = True
 
 
 def is_statement_timeout(exc: BaseException) -> bool:

@@ -174,3 +174,25 @@ async def active_statements(database_url: str, fragment: str) -> int:
         return count
     finally:
         await connection.close()
+
+
+async def test_cancelled_request_stops_its_statement(database_url: str, backend: str) -> None:
+    """Cancelling a request (its client went away) stops its statement on the database as well."""
+    async with running_app(make_settings(database_url, DB_STATEMENT_TIMEOUT_MS=600_000)) as app:
+        db: Database = app.state.database
+
+        async def request() -> None:
+            async with db.reader(new_user()) as conn:
+                await conn.execute(text(SLOW_STATEMENT[backend]))
+
+        task = asyncio.create_task(request())
+        await asyncio.sleep(0.3)  # the statement is running
+        task.cancel()
+        # The request ends once its connection is released, which waits for the statement: left
+        # running, it would go on until the 10-minute time limit.
+        done, _ = await asyncio.wait({task}, timeout=30)
+        assert task in done and task.cancelled()
+        if backend == "postgresql":
+            await asyncio.sleep(0.2)  # the cancel request travels on its own connection
+            assert await active_statements(database_url, "pg_sleep") == 0
+        await db.dispose()
