@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
+from starlette.routing import Route
 
 from app.auth.jwks import JWKSClient
 from app.auth.jwt import TokenVerifier
@@ -18,6 +19,7 @@ from app.config import Settings, config_error_line, get_settings
 from app.database import Database, create_engine
 from app.errors import install_error_handlers
 from app.logging import configure_logging
+from app.mcp import MCP_PATH, METADATA_PATH, create_mcp_endpoint, protected_resource_metadata
 from app.middleware import RequestContextMiddleware
 from app.openapi import install_openapi
 from app.routers import health, tasks
@@ -43,6 +45,7 @@ def load_settings() -> Settings:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application for `settings` (the environment's by default)."""
     settings = settings or load_settings()
+    mcp = create_mcp_endpoint(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,7 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.verifier = TokenVerifier(settings, jwks)
         logger.info("token verification: %s", app.state.verifier.describe())
         try:
-            yield
+            # The MCP sub-app's own lifespan never runs when it is served inside this app.
+            async with mcp.run():
+                yield
         finally:
             if jwks is not None:
                 await jwks.aclose()
@@ -80,6 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tasks.router)
+    # Exactly /mcp (no redirect to /mcp/), outside the OpenAPI document: tools/list describes the
+    # tools (contracts/mcp-tools.json). POST only: a stateless server never sends anything on a GET
+    # stream and has no session to DELETE, so those are 405 (the spec's "no SSE stream here").
+    app.router.routes.append(Route(MCP_PATH, mcp.asgi, methods=["POST"], include_in_schema=False))
+    app.add_api_route(METADATA_PATH, protected_resource_metadata(settings), methods=["GET"], include_in_schema=False)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.CORS_ORIGINS,
