@@ -197,28 +197,30 @@ class TypeScriptTools:
         return subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
 
 
-def _installed_as_pinned() -> bool:
-    wanted: dict[str, str] = json.loads((TS_DIR / "package.json").read_text())["devDependencies"]
+def _installed_as_pinned(directory: Path) -> bool:
+    manifest: dict[str, dict[str, str]] = json.loads((directory / "package.json").read_text())
+    wanted = {**manifest.get("dependencies", {}), **manifest.get("devDependencies", {})}
     for name, version in wanted.items():
-        manifest = TS_DIR / "node_modules" / name / "package.json"
-        if not manifest.exists() or json.loads(manifest.read_text())["version"] != version:
+        installed = directory / "node_modules" / name / "package.json"
+        if not installed.exists() or json.loads(installed.read_text())["version"] != version:
             return False
     return True
 
 
-def ensure_installed(npm: str) -> None:
-    """`npm ci` when node_modules is missing or not the pinned versions (the betterauth harness's pattern).
+def ensure_installed(npm: str, directory: Path = TS_DIR) -> None:
+    """`npm ci` in `directory` when node_modules is missing or not the pinned versions (the
+    betterauth harness's pattern); tests/test_mcp.py uses it for the TypeScript MCP client too.
 
     A file lock serialises concurrent callers; `--prefer-offline` reuses the npm cache.
     """
-    if _installed_as_pinned():
+    if _installed_as_pinned(directory):
         return
     with (Path(tempfile.gettempdir()) / "task-api-contract-npm.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _installed_as_pinned():
+        if _installed_as_pinned(directory):
             return
         args = [npm, "ci", "--no-audit", "--no-fund", "--prefer-offline", "--loglevel=error"]
-        subprocess.run(args, cwd=TS_DIR, check=True, stdout=subprocess.DEVNULL, timeout=600)
+        subprocess.run(args, cwd=directory, check=True, stdout=subprocess.DEVNULL, timeout=600)
 
 
 @pytest.fixture(scope="module")
