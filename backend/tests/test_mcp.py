@@ -29,6 +29,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult
 
 from app.config import Settings
+from app.main import create_app
 from app.mcp.export import CONTRACT_PATH
 from tests.conftest import IN_CI, http_client, running_app
 from tests.servers import APIServer
@@ -531,6 +532,16 @@ async def test_token_expiring_mid_session_is_refused(server: APIServer, rest: ht
     response = await rest.post("/mcp", json=TOOLS_LIST, headers={**ACCEPT, **bearer(token)})
     _assert_challenge(response, server.url, error=True)
     assert response.json()["detail"] == "The token has expired."
+
+
+async def test_app_serves_mcp_again_after_its_lifespan_restarts(settings_factory: Callable[..., Settings]) -> None:
+    # The SDK's session manager runs only once; each start of the app gets a new one.
+    app = create_app(settings_factory())
+    for _ in range(2):
+        async with app.router.lifespan_context(app), http_client(app) as client:
+            headers = {**ACCEPT, **auth(new_user()), "Host": "127.0.0.1"}
+            response = await client.post("/mcp", json=TOOLS_LIST, headers=headers)
+            assert response.status_code == 200, response.text
 
 
 # --- Host protection and proxies -------------------------------------------------------------------

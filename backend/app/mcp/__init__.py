@@ -8,11 +8,13 @@ in its lifespan, since the SDK's own lifespan does not run for an app served ins
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from mcp.server.mcpserver import MCPServer
+from starlette.types import Receive, Scope, Send
 
 from app.config import Settings
 from app.mcp.http import MCP_PATH, METADATA_PATH, McpHttpEndpoint, protected_resource_metadata, transport_security
@@ -52,30 +54,60 @@ def mcp_server() -> MCPServer:
     )
 
 
-@dataclass(frozen=True)
 class McpEndpoint:
     """One app's MCP server and the ASGI app that serves it at /mcp."""
 
-    server: MCPServer
-    asgi: McpHttpEndpoint
+    def __init__(self, settings: Settings) -> None:
+        self.server = mcp_server()
+        self._security = transport_security(settings)
+        self._max_body = settings.MAX_BODY_BYTES
+        self.asgi = McpHttpEndpoint(self._handle, self._security)
 
-    def run(self) -> AbstractAsyncContextManager[None]:
-        """The session manager's task group; enter it in the host app's lifespan."""
-        return self.server.session_manager.run()
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The current session manager: a new one is made each time the app starts (run() below).
+        await self.server.session_manager.handle_request(scope, receive, send)
+
+    @asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        """Serve MCP requests while the block runs; enter it in the host app's lifespan.
+
+        A session manager can run only once, so each start gets a fresh one: an app whose lifespan
+        runs twice (a test client, a restart in process) starts again. The manager's task group
+        lives in a task of its own, because an anyio task group must be left by the task that
+        entered it, and a lifespan's startup and shutdown may run in different tasks (pytest-asyncio
+        fixtures do).
+        """
+        # Stateless: each POST is served by itself, so any worker process can answer any request and
+        # no session state needs sharing (clients of protocol 2026-07-28 keep none anyway). JSON
+        # responses rather than SSE: no tool streams progress or asks the client anything back.
+        self.server.streamable_http_app(
+            streamable_http_path=MCP_PATH,
+            stateless_http=True,
+            json_response=True,
+            transport_security=self._security,
+            max_request_body_size=self._max_body,
+        )
+        manager = self.server.session_manager
+        started, stop = asyncio.Event(), asyncio.Event()
+
+        async def serve() -> None:
+            async with manager.run():
+                started.set()
+                await stop.wait()
+
+        task = asyncio.create_task(serve(), name="mcp-session-manager")
+        ready = asyncio.create_task(started.wait())
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if not started.is_set():
+            ready.cancel()
+            await task  # it ended before it started: raise its error here, at startup
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
 
 
 def create_mcp_endpoint(settings: Settings) -> McpEndpoint:
     """Build the MCP server and its HTTP endpoint for `settings`."""
-    server = mcp_server()
-    security = transport_security(settings)
-    # Stateless: each POST is served by itself, so any worker process can answer any request and
-    # no session state needs sharing (clients of protocol 2026-07-28 keep none anyway). JSON
-    # responses rather than SSE: no tool streams progress or asks the client anything back.
-    server.streamable_http_app(
-        streamable_http_path=MCP_PATH,
-        stateless_http=True,
-        json_response=True,
-        transport_security=security,
-        max_request_body_size=settings.MAX_BODY_BYTES,
-    )
-    return McpEndpoint(server, McpHttpEndpoint(server.session_manager.handle_request, security))
+    return McpEndpoint(settings)
