@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 from typing import Any
 
 import pytest
 
+from app.mcp import mcp_server
 from app.mcp.export import CONTRACT_PATH, contract, render
 from app.schemas.task import TaskListQuery
 
@@ -118,3 +120,16 @@ def test_find_tasks_takes_the_list_query_parameters(tools: dict[str, dict[str, A
         assert {k: v for k, v in ours.items() if k not in strip} == {k: v for k, v in theirs.items() if k not in strip}
     limit = schema["properties"]["limit"]
     assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 100, 20)
+
+
+def test_building_the_server_leaves_logging_alone() -> None:
+    # The SDK would install its own console handler on an unconfigured root logger.
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    root.handlers.clear()
+    try:
+        mcp_server()
+        assert root.handlers == [] and root.level == level
+    finally:
+        root.handlers[:] = saved
+        root.setLevel(level)

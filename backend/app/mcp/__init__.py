@@ -45,13 +45,22 @@ changes and the error names the item's index. Dates are RFC 3339 with an offset,
 
 def mcp_server() -> MCPServer:
     """The MCP server with the six task tools (no transport attached)."""
-    return MCPServer(
-        name="task-api",
-        title="Task API",
-        version="1.0.0",
-        instructions=INSTRUCTIONS,
-        tools=task_tools(),
-    )
+    # MCPServer() calls logging.basicConfig() with a console handler of its own, which takes over
+    # the root logger wherever logging is not configured yet (tests, `make mcp-tools`). Logging is
+    # app/logging.py's business: a handler in place for the call makes basicConfig() do nothing.
+    root = logging.getLogger()
+    placeholder = logging.NullHandler()
+    root.addHandler(placeholder)
+    try:
+        return MCPServer(
+            name="task-api",
+            title="Task API",
+            version="1.0.0",
+            instructions=INSTRUCTIONS,
+            tools=task_tools(),
+        )
+    finally:
+        root.removeHandler(placeholder)
 
 
 class McpEndpoint:
