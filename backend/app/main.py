@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.verifier = TokenVerifier(settings, jwks)
         logger.info("token verification: %s", app.state.verifier.describe())
         try:
-            # The MCP sub-app's own lifespan never runs when it is served inside this app.
+            # MCP requests are served while this block runs (the SDK's own app and lifespan are not used).
             async with mcp.run():
                 yield
         finally:
