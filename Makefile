@@ -7,7 +7,7 @@ LOCK := backend/requirements-dev.lock
 STAMP := $(VENV)/.installed
 USER ?= demo
 
-.PHONY: help install run migrate token test test-fast test-pooler lint format bench openapi clean
+.PHONY: help install run migrate token test test-fast test-pooler lint format bench openapi mcp-tools clean
 
 help:
 	@echo "make run      install, migrate, serve on http://127.0.0.1:8000"
@@ -19,6 +19,7 @@ help:
 	@echo "make migrate  apply database migrations"
 	@echo "make bench    benchmark against a hand-written asyncpg baseline (bench/README.md)"
 	@echo "make openapi  regenerate specs/001-backend-core-api/contracts/openapi.yaml"
+	@echo "make mcp-tools  regenerate specs/001-backend-core-api/contracts/mcp-tools.json"
 
 $(STAMP): $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,3 +73,8 @@ clean:
 # The API contract from the app (backend/tests/test_contract.py fails when the file is stale).
 openapi: $(STAMP)
 	cd backend && $(BIN)/python -m app.openapi_export
+
+# The agent tools' contract, the MCP tools/list result (backend/tests/test_mcp_contract.py fails
+# when the file is stale).
+mcp-tools: $(STAMP)
+	cd backend && $(BIN)/python -m app.mcp.export

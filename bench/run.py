@@ -26,6 +26,7 @@ from taskbench.server import RssSampler, Server
 from taskbench.smoke import smoke_check
 from taskbench.workload import (
     MAIN_PROFILES,
+    MCP_PROFILES,
     MIXED,
     SCALE_PROFILES,
     Profile,
@@ -92,7 +93,7 @@ def run_session(
 ) -> None:
     """One server start: pre-flight checks, then each profile; tracks RSS."""
     with server:
-        smoke_check(server.url, workload)
+        smoke_check(server.url, workload, mcp=any(p in MCP_PROFILES for p in profiles))
         db.reset(bench.settings.database_url)  # undo the smoke check's writes
         sampler = RssSampler(server.worker_pids())
         startup = sampler.sample()
@@ -168,7 +169,9 @@ def main() -> int:
             profiles = MAIN_PROFILES + (SCALE_PROFILES if last else [])
             for name in order:
                 log(f"round {round_no}/{settings.rounds}: {name}")
-                run_session(bench, server(name, f"r{round_no}"), profiles, load, workload)
+                # The baseline has no MCP endpoint: the agent profiles run on ours only.
+                agent = MCP_PROFILES if name == OURS and not ours_is_baseline else []
+                run_session(bench, server(name, f"r{round_no}"), profiles + agent, load, workload)
         if settings.soak > 0:
             run_soak(bench, server(OURS, "soak"), load, workload)
     bench.plans = db.explain_list_queries(settings.database_url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -141,6 +142,25 @@ class Settings(DatabaseSettings):
         if self.JWT_SECRET is not None and len(self.JWT_SECRET.get_secret_value().encode()) < needed:
             raise ValueError(f"JWT_SECRET must be at least {needed} bytes for {self.JWT_ALGORITHM}")
         return self
+
+    # Host names (the Host header: `name`, `name:port` or `name:*`) the MCP endpoint answers for
+    # besides 127.0.0.1/localhost; any other Host is a 421 (DNS-rebinding protection). `*` turns the
+    # check off, for a proxy that validates Host itself.
+    MCP_ALLOWED_HOSTS: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("MCP_ALLOWED_HOSTS", mode="before")
+    @classmethod
+    def _host_names(cls, value: object) -> object:
+        value = _split_csv(value)
+        if isinstance(value, list):
+            for host in value:
+                if not isinstance(host, str) or (host != "*" and not _HOST.fullmatch(host)):
+                    raise ValueError("must be host names such as api.example.com or api.example.com:8443 (no scheme)")
+        return value
+
+
+# A Host header value: a DNS name, an IPv4 address or a bracketed IPv6 address; `:port` or `:*` optional.
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::(?:[0-9]{1,5}|\*))?")
 
 
 def config_error_line(exc: ValidationError) -> str:

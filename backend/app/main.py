@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from pydantic import ValidationError
+from starlette.routing import Route
 
 from app.auth.jwks import JWKSClient
 from app.auth.jwt import TokenVerifier
@@ -22,6 +23,7 @@ from app.docs import DOCS_PATHS, install_docs
 from app.errors import install_error_handlers
 from app.jsonguard import JSONShapeMiddleware
 from app.logging import configure_logging
+from app.mcp import MCP_PATH, METADATA_PATH, create_mcp_endpoint, protected_resource_metadata
 from app.middleware import ProblemCORSMiddleware, RequestContextMiddleware
 from app.openapi import install_openapi
 from app.routers import health, tasks
@@ -47,6 +49,7 @@ def load_settings() -> Settings:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application for `settings` (the environment's by default)."""
     settings = settings or load_settings()
+    mcp = create_mcp_endpoint(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -78,7 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # In the background: startup does not wait for a database that may be waking up.
         database_check = asyncio.create_task(database.report_unavailable())
         try:
-            yield
+            # MCP requests are served while this block runs (the SDK's own app and lifespan are not used).
+            async with mcp.run():
+                yield
         finally:
             database_check.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -98,6 +103,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tasks.router)
+    # Exactly /mcp (no redirect to /mcp/), outside the OpenAPI document: tools/list describes the
+    # tools (contracts/mcp-tools.json). POST only: a stateless server never sends anything on a GET
+    # stream and has no session to DELETE, so those are 405 (the spec's "no SSE stream here").
+    app.router.routes.append(Route(MCP_PATH, mcp.asgi, methods=["POST"], include_in_schema=False))
+    app.add_api_route(METADATA_PATH, protected_resource_metadata(settings), methods=["GET"], include_in_schema=False)
     if settings.DOCS_ENABLED:
         install_docs(app)
     # Innermost: a crowded JSON body is refused before FastAPI parses and validates it; inside CORS,

@@ -7,6 +7,8 @@
 
 local profile, data
 local headers = {}      -- per-token header tables, built once per thread
+local mcp_headers = {}  -- the same for POST /mcp (protocol 2026-07-28)
+local mcp_legacy_headers = {}  -- ... and for a request without a protocol version (stateless, no handshake)
 local big, small
 local created = 0
 
@@ -21,11 +23,25 @@ local function header_for(token)
            ["Content-Type"] = "application/json" }
 end
 
+local function mcp_header_for(token, modern)
+  local h = { ["Authorization"] = "Bearer " .. token,
+              ["Content-Type"] = "application/json",
+              ["Accept"] = "application/json, text/event-stream" }
+  if modern then
+    h["MCP-Protocol-Version"] = "2026-07-28"
+    h["Mcp-Method"] = "tools/call"
+    h["Mcp-Name"] = "find_tasks"
+  end
+  return h
+end
+
 function init(args)
   profile = args[1]
   data = dofile(args[2])
   for i, token in ipairs(data.tokens) do
     headers[i] = header_for(token)
+    mcp_headers[i] = mcp_header_for(token, true)
+    mcp_legacy_headers[i] = mcp_header_for(token, false)
   end
   big = header_for(data.big)
   small = header_for(data.small)
@@ -60,6 +76,21 @@ local function patch_one()
                     '{"status":"completed"}')
 end
 
+-- tools/call find_tasks, the MCP twin of list_any (first page of 20, newest first).
+local MCP_FIND = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"find_tasks",' ..
+  '"arguments":{"limit":20},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",' ..
+  '"io.modelcontextprotocol/clientCapabilities":{}}}}'
+local MCP_FIND_LEGACY = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"find_tasks",' ..
+  '"arguments":{"limit":20}}}'
+
+local function mcp_find()
+  return wrk.format("POST", "/mcp", mcp_headers[math.random(#mcp_headers)], MCP_FIND)
+end
+
+local function mcp_find_legacy()
+  return wrk.format("POST", "/mcp", mcp_legacy_headers[math.random(#mcp_legacy_headers)], MCP_FIND_LEGACY)
+end
+
 local function mixed()
   -- 70% reads (35 list, 35 get) / 30% writes (15 create, 15 patch)
   local r = math.random(100)
@@ -75,6 +106,8 @@ local builders = {
   create = create_one,
   patch = patch_one,
   mixed = mixed,
+  mcp_find = mcp_find,
+  mcp_find_legacy = mcp_find_legacy,
   list_big = function() return list_req(big, "") end,
   list_small = function() return list_req(small, "") end,
   list_big_completed = function() return list_req(big, "&status=completed") end,

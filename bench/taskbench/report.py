@@ -14,7 +14,7 @@ from statistics import median
 from typing import Any
 
 from taskbench.config import REPO_DIR, Settings
-from taskbench.workload import MAIN_PROFILES, SCALE_PROFILES, Profile
+from taskbench.workload import MAIN_PROFILES, MCP_PROFILES, SCALE_PROFILES, Profile
 from taskbench.wrk import WrkResult
 
 OURS, BASELINE = "ours", "baseline"
@@ -129,6 +129,31 @@ def _table(run: BenchRun, profiles: list[Profile]) -> list[str]:
     return lines
 
 
+def _mcp_table(run: BenchRun) -> list[str]:
+    """Ours only (the baseline has no MCP door), next to ours' GET /api/tasks?limit=20."""
+    ours = run.runs.get(OURS, {})
+    rest = ours.get("list")
+    if not rest or not any(ours.get(p.name) for p in MCP_PROFILES):
+        return []
+    lines = [
+        "| profile | req/s (median) | req/s per round | p50 ms | p99 ms | non-2xx | socket errors "
+        "| vs GET /api/tasks |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for profile in [MAIN_PROFILES[0], *MCP_PROFILES]:
+        rs = ours.get(profile.name)
+        if not rs:
+            continue
+        ratio = _median(rs, "rps") / _median(rest, "rps")
+        per_round = ", ".join(f"{r.rps:,.0f}" for r in rs)
+        lines.append(
+            f"| {profile.label} | {_median(rs, 'rps'):,.0f} | {per_round} | {_median(rs, 'p50_ms'):.1f} | "
+            f"{_median(rs, 'p99_ms'):.1f} | {sum(r.non_2xx for r in rs)} | {sum(r.socket_errors for r in rs)} | "
+            f"{ratio:.2f} |"
+        )
+    return lines
+
+
 def _scale_summary(run: BenchRun) -> list[str]:
     lines = []
     for server in (OURS, BASELINE):
@@ -169,6 +194,14 @@ def render(run: BenchRun) -> str:
             "> **backend/app/main.py not found: 'ours' is the baseline run twice (pipeline check, not a result).**",
         ]
     out += ["", "## Throughput and latency", "", *_table(run, MAIN_PROFILES)]
+    if mcp := _mcp_table(run):
+        out += ["", "## Agent tools: `find_tasks` over MCP vs `GET /api/tasks` (ours)", "", *mcp]
+        out += [
+            "",
+            "The same first page of 20 tasks for a rotating user, as a `tools/call` on `POST /mcp` (JSON-RPC, "
+            "structured content and a text summary); non-2xx does not count tool errors (HTTP 200), which the "
+            "pre-flight check rules out.",
+        ]
     out += ["", "## Large vs small user (`GET /api/tasks?limit=20`)", ""]
     out += [*_table(run, SCALE_PROFILES), "", *_scale_summary(run)]
     out += ["", "## Worker memory (RSS, MiB per worker)", ""]

@@ -25,7 +25,21 @@ def _task_ok(body: Any) -> bool:
     return isinstance(body, dict) and body.keys() >= TASK_FIELDS
 
 
-def smoke_check(base_url: str, workload: Workload) -> None:
+def _mcp_find(client: httpx.Client, auth: dict[str, str], *, modern: bool) -> tuple[int, Any]:
+    """POST /mcp tools/call find_tasks (limit 20) as lua/tasks.lua sends it; (status, result)."""
+    params: dict[str, Any] = {"name": "find_tasks", "arguments": {"limit": 20}}
+    headers = {**auth, "Accept": "application/json, text/event-stream"}
+    if modern:
+        params["_meta"] = {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
+        headers |= {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "find_tasks"}
+    r = client.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}, headers=headers)
+    return r.status_code, (r.json().get("result") if r.status_code == 200 else None)
+
+
+def smoke_check(base_url: str, workload: Workload, *, mcp: bool = False) -> None:
     """Raise with every failed expectation listed."""
     user, task_id = workload.pairs[0]
     auth = {"Authorization": f"Bearer {workload.tokens[user]}"}
@@ -72,5 +86,12 @@ def smoke_check(base_url: str, workload: Workload) -> None:
         r = client.patch(f"/api/tasks/{task_id}", json={"status": "completed"}, headers=auth)
         ok = r.status_code == 200 and _task_ok(r.json()) and r.json()["status"] == "completed"
         _check(failures, ok, f"patch: {r.status_code} {r.text[:200]}")
+
+        for modern in (True, False) if mcp else ():
+            # A tool error is an HTTP 200 too (isError): wrk cannot tell, so check the result here.
+            status, result = _mcp_find(client, auth, modern=modern)
+            page = (result or {}).get("structuredContent") or {}
+            ok = status == 200 and result.get("isError") is False and len(page.get("items", [])) == 20
+            _check(failures, ok and page.get("total") == TASKS_PER_USER + 1, f"mcp find_tasks: {status} {result}")
     if failures:
         raise RuntimeError(f"{base_url} failed pre-flight checks: " + "; ".join(failures))

@@ -36,6 +36,12 @@ SCALE_PROFILES = [
     Profile("list_small_completed", "status=completed, 100-task user", writes=False),
 ]
 MIXED = MAIN_PROFILES[-1]
+# The agent door (POST /mcp, tools/call find_tasks with limit 20): ours only, the baseline has none.
+# Read next to `list` above, which is the same query through GET /api/tasks?limit=20.
+MCP_PROFILES = [
+    Profile("mcp_find", "MCP find_tasks (limit 20), protocol 2026-07-28", writes=False),
+    Profile("mcp_find_legacy", "MCP find_tasks (limit 20), handshake-era request", writes=False),
+]
 
 
 def make_secret() -> str:

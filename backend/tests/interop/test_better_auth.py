@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import httpx2
 import jwt
 import pytest
 from fastapi import FastAPI
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from tests.support import assert_401, bearer
 from tests.support.apps import IN_CI, http_client, make_settings, running_app
@@ -274,3 +277,24 @@ async def test_list_with_better_auth_algorithm_outside_allow_list_is_401(
     user = await new_user(server)
     async with api_for(server, database_url, JWT_ALGORITHMS="EdDSA") as api:
         assert_401(await api.get("/api/tasks", user.token))
+
+
+async def test_find_tasks_over_mcp_with_better_auth_token(better_auth: BetterAuthServer, database_url: str) -> None:
+    # An agent handed the user's Better Auth JWT reaches exactly that user's tasks through /mcp.
+    alice, bob = await new_user(better_auth), await new_user(better_auth)
+    async with api_for(better_auth, database_url) as api:
+        mine = await api.client.post("/api/tasks", json={"title": "from the web app"}, headers=bearer(alice.token))
+        assert mine.status_code == 201, mine.text
+        await api.client.post("/api/tasks", json={"title": "bob's"}, headers=bearer(bob.token))
+        transport = httpx2.ASGITransport(app=api.app)
+        async with (
+            httpx2.AsyncClient(transport=transport, headers=bearer(alice.token)) as http,
+            Client(streamable_http_client("http://127.0.0.1/mcp", http_client=http)) as client,
+        ):
+            result = await client.call_tool("find_tasks", {})
+        assert not result.is_error, result.content
+        assert isinstance(result.structured_content, dict)
+        assert result.structured_content["items"] == [mine.json()]
+        # The RFC 9728 document names Better Auth as the authorization server.
+        metadata = (await api.client.get("/.well-known/oauth-protected-resource/mcp")).json()
+        assert metadata["authorization_servers"] == [better_auth.issuer]
