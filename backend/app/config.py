@@ -99,6 +99,9 @@ class Settings(DatabaseSettings):
     MAX_CONNECTIONS: int = Field(default=512, ge=1, le=65536)
     # Swagger UI (/docs) and ReDoc (/redoc), served from a pinned package; /openapi.json stays.
     DOCS_ENABLED: bool = True
+    # GET /metrics in Prometheus' text format; with METRICS_TOKEN set it needs that bearer token.
+    METRICS_ENABLED: bool = False
+    METRICS_TOKEN: SecretStr | None = None
 
     @field_validator("CORS_ORIGINS", "JWT_ALGORITHMS", mode="before")
     @classmethod
@@ -141,6 +144,15 @@ class Settings(DatabaseSettings):
         if self.JWT_SECRET is not None and len(self.JWT_SECRET.get_secret_value().encode()) < needed:
             raise ValueError(f"JWT_SECRET must be at least {needed} bytes for {self.JWT_ALGORITHM}")
         return self
+
+    @field_validator("METRICS_TOKEN", mode="before")
+    @classmethod
+    def _metrics_token(cls, value: object) -> object:
+        if value == "":
+            return None
+        if isinstance(value, str) and len(value) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
 
 
 def config_error_line(exc: ValidationError) -> str:

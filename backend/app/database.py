@@ -99,6 +99,10 @@ class Database:
         # to a waiter, so under load some requests wait far longer than others. A FIFO semaphore in
         # front of it (asyncio's does not let newcomers jump the queue) serves requests in order.
         self._slots = asyncio.Semaphore(connections)
+        # For the metrics (app/metrics.py): slots in all, held by requests, and awaited right now.
+        self.capacity = connections
+        self.in_use = 0
+        self.waiting = 0
         self._per_owner = min(per_owner, connections)
         self._owners: dict[str, _OwnerSlots] = {}
         self.wait_timeout = wait_timeout
@@ -142,10 +146,16 @@ class Database:
                 raise TooManyRequests("Too many of your requests are in progress at once; retry shortly.") from None
             try:
                 # Waiting longer than a connect would take means the database is not keeping up: 503.
-                await _acquire(self._slots, self.wait_timeout)
+                self.waiting += 1
+                try:
+                    await _acquire(self._slots, self.wait_timeout)
+                finally:
+                    self.waiting -= 1
+                self.in_use += 1
                 try:
                     yield
                 finally:
+                    self.in_use -= 1
                     self._slots.release()
             finally:
                 slots.semaphore.release()

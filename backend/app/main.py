@@ -23,6 +23,7 @@ from app.docs import DOCS_PATHS, install_docs
 from app.errors import install_error_handlers
 from app.jsonguard import JSONShapeMiddleware
 from app.logging import configure_logging
+from app.metrics import Metrics, install_metrics_route
 from app.middleware import ProblemCORSMiddleware, RequestContextMiddleware
 from app.openapi import install_openapi
 from app.routers import health, tasks
@@ -48,6 +49,7 @@ def load_settings() -> Settings:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application for `settings` (the environment's by default)."""
     settings = settings or load_settings()
+    metrics = Metrics() if settings.METRICS_ENABLED else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,18 +74,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         jwks = None
         if settings.JWT_JWKS_URL:
-            jwks = JWKSClient(settings.JWT_JWKS_URL, min_refetch_interval=settings.JWT_JWKS_MIN_REFETCH_SECONDS)
+            jwks = JWKSClient(
+                settings.JWT_JWKS_URL, min_refetch_interval=settings.JWT_JWKS_MIN_REFETCH_SECONDS, metrics=metrics
+            )
         app.state.database = database
-        app.state.verifier = TokenVerifier(settings, jwks)
+        app.state.verifier = TokenVerifier(settings, jwks, metrics=metrics)
         logger.info("token verification: %s", app.state.verifier.describe())
         # In the background: startup does not wait for a database that may be waking up.
-        database_check = asyncio.create_task(database.report_unavailable())
+        background = [asyncio.create_task(database.report_unavailable())]
+        if metrics is not None:
+            metrics.watch(database)
+            background.append(asyncio.create_task(metrics.sample_forever()))
         try:
             yield
         finally:
-            database_check.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await database_check
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if jwks is not None:
                 await jwks.aclose()
             await database.dispose()
@@ -101,6 +109,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tasks.router)
     if settings.DOCS_ENABLED:
         install_docs(app)
+    if metrics is not None:
+        token = settings.METRICS_TOKEN.get_secret_value() if settings.METRICS_TOKEN else None
+        install_metrics_route(app, metrics, token)
     # Innermost: cancels the handler (and its database statement) when the client goes away.
     app.add_middleware(CancelOnDisconnectMiddleware)
     # Then: a crowded JSON body is refused before FastAPI parses and validates it; inside CORS,
@@ -120,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.MAX_BODY_BYTES,
         read_timeout=settings.HTTP_READ_TIMEOUT_S,
         cacheable_paths=DOCS_PATHS,
+        metrics=metrics,
     )
 
     install_openapi(app)

@@ -9,6 +9,7 @@ import logging
 import re
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -18,6 +19,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.cancellation import CLIENT_GONE
 from app.errors import problem_response
+
+if TYPE_CHECKING:
+    from app.metrics import Metrics
 
 access_log = logging.getLogger("app.access")
 logger = logging.getLogger("app.errors")
@@ -33,7 +37,8 @@ class RequestContextMiddleware:
 
     Every response gets `X-Content-Type-Options: nosniff`, and `Cache-Control: no-store` unless its
     path starts with one of `cacheable_paths` (the public docs) or the app chose a Cache-Control:
-    API responses carry a user's data, and a cached /health would hide an outage.
+    API responses carry a user's data, and a cached /health would hide an outage. With `metrics`,
+    each request is counted and timed under its route template.
     """
 
     def __init__(
@@ -43,11 +48,13 @@ class RequestContextMiddleware:
         max_body_bytes: int,
         read_timeout: float = 10.0,
         cacheable_paths: tuple[str, ...] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.read_timeout = read_timeout
         self.cacheable_paths = cacheable_paths
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -128,6 +135,7 @@ class RequestContextMiddleware:
         await response(scope, receive, send)
 
     def _log(self, scope: Scope, status: int, started: float, request_id: str) -> None:
+        elapsed = time.perf_counter() - started
         # Path only: query strings may carry search text; headers (tokens) are never logged.
         access_log.info(
             "request",
@@ -135,10 +143,12 @@ class RequestContextMiddleware:
                 "method": scope["method"],
                 "path": scope["path"],
                 "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "duration_ms": round(elapsed * 1000, 2),
                 "request_id": request_id,
             },
         )
+        if self.metrics is not None:
+            self.metrics.observe_request(scope, status, elapsed)
 
 
 class ProblemCORSMiddleware(CORSMiddleware):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import jwt
 from fastapi import Depends, Request
@@ -20,6 +20,9 @@ from app.auth.jwks import JWKSClient, JWKSUnavailable
 from app.columns import USER_ID_MAX, unstorable_reason
 from app.config import Settings
 from app.errors import ServiceUnavailable, Unauthorized
+
+if TYPE_CHECKING:
+    from app.metrics import Metrics
 
 logger = logging.getLogger("app.auth")
 
@@ -33,7 +36,7 @@ VERIFIED_CACHE_SIZE = 4096
 class TokenVerifier:
     """Verifies bearer tokens according to the settings; one instance per app."""
 
-    def __init__(self, settings: Settings, jwks: JWKSClient | None = None) -> None:
+    def __init__(self, settings: Settings, jwks: JWKSClient | None = None, *, metrics: Metrics | None = None) -> None:
         self._secret = settings.JWT_SECRET.get_secret_value().encode() if settings.JWT_SECRET else None
         self._hmac_algorithm = settings.JWT_ALGORITHM
         self._jwks = jwks
@@ -43,6 +46,7 @@ class TokenVerifier:
         self._leeway = settings.JWT_LEEWAY
         # token -> (user id, exp, kid of the JWKS key that verified it, None for the shared secret)
         self._verified: dict[str, tuple[str, float, str | None]] = {}
+        self._metrics = metrics
 
     def describe(self) -> str:
         """The active verification modes, for the startup log (no secrets)."""
@@ -60,8 +64,12 @@ class TokenVerifier:
             user_id, exp, kid = cached
             # A key withdrawn from the JWKS revokes its tokens, cached or not.
             if time.time() < exp and (kid is None or await self._still_published(kid)):
+                if self._metrics is not None:
+                    self._metrics.token_cache_hits.inc()
                 return user_id
             self._verified.pop(token, None)  # concurrent requests may have dropped it already
+        if self._metrics is not None:
+            self._metrics.token_cache_misses.inc()
         if len(token) > MAX_TOKEN_LENGTH:
             raise Unauthorized("The token is too large.")
         try:
