@@ -26,6 +26,7 @@ from app.logging import configure_logging
 from app.metrics import Metrics, install_metrics_route
 from app.middleware import ProblemCORSMiddleware, RequestContextMiddleware
 from app.openapi import install_openapi
+from app.ratelimit import RateLimiter
 from app.routers import health, tasks
 
 logger = logging.getLogger("app")
@@ -80,6 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.database = database
         app.state.verifier = TokenVerifier(settings, jwks, metrics=metrics)
         logger.info("token verification: %s", app.state.verifier.describe())
+        rate_limiter = RateLimiter(settings, metrics) if settings.RATE_LIMIT_ENABLED else None
+        app.state.rate_limiter = rate_limiter
+        logger.info("rate limits: %s", rate_limiter.describe() if rate_limiter else "off")
         # In the background: startup does not wait for a database that may be waking up.
         background = [asyncio.create_task(database.report_unavailable())]
         if metrics is not None:
@@ -92,6 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if rate_limiter is not None:
+                await rate_limiter.aclose()
             if jwks is not None:
                 await jwks.aclose()
             await database.dispose()
@@ -122,7 +128,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_origins=settings.CORS_ORIGINS,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
         allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID"],
-        expose_headers=["ETag", "Location", "Retry-After", "X-Request-ID", "Idempotent-Replayed"],
+        expose_headers=[
+            "ETag",
+            "Location",
+            "Retry-After",
+            "X-Request-ID",
+            "Idempotent-Replayed",
+            "RateLimit-Policy",
+            "RateLimit",
+        ],
         max_age=600,
     )
     # Outermost, so the request id and the access log cover CORS answers and errors too.

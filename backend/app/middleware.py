@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.cancellation import CLIENT_GONE
 from app.errors import problem_response
+from app.ratelimit import RATE_LIMIT_HEADERS
 
 if TYPE_CHECKING:
     from app.metrics import Metrics
@@ -37,8 +38,9 @@ class RequestContextMiddleware:
 
     Every response gets `X-Content-Type-Options: nosniff`, and `Cache-Control: no-store` unless its
     path starts with one of `cacheable_paths` (the public docs) or the app chose a Cache-Control:
-    API responses carry a user's data, and a cached /health would hide an outage. With `metrics`,
-    each request is counted and timed under its route template.
+    API responses carry a user's data, and a cached /health would hide an outage. A rate-limited
+    request's RateLimit-Policy (app/ratelimit.py) is added here too, and with `metrics` each request
+    is counted and timed under its route template.
     """
 
     def __init__(
@@ -108,7 +110,7 @@ class RequestContextMiddleware:
                 status = message["status"]
                 response_started = True
                 headers = message.get("headers", [])
-                extra = [(b"x-request-id", request_id.encode()), NOSNIFF]
+                extra = [(b"x-request-id", request_id.encode()), NOSNIFF, *scope.get(RATE_LIMIT_HEADERS, ())]
                 if no_store and not any(name.lower() == b"cache-control" for name, _ in headers):
                     extra.append(NO_STORE)
                 message["headers"] = [*headers, *extra]

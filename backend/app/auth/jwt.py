@@ -23,6 +23,7 @@ from app.errors import ServiceUnavailable, Unauthorized
 
 if TYPE_CHECKING:
     from app.metrics import Metrics
+    from app.ratelimit import RateLimiter
 
 logger = logging.getLogger("app.auth")
 
@@ -85,6 +86,10 @@ class TokenVerifier:
         user_id = _subject(claims)
         self._remember(token, user_id, claims["exp"], None if key is self._secret else header.get("kid"))
         return user_id
+
+    def remembers(self, token: str) -> bool:
+        """True if `token` is in the verified-token cache (checking it again costs no signature check)."""
+        return token in self._verified
 
     async def _still_published(self, kid: str) -> bool:
         assert self._jwks is not None  # a kid is only remembered for JWKS-verified tokens
@@ -168,14 +173,30 @@ class BearerUser(HTTPBearer):
     """
 
     async def __call__(self, request: Request) -> str:  # type: ignore[override]
-        """The id of the user the request's bearer token was issued to."""
+        """The id of the user the request's bearer token was issued to.
+
+        With rate limits on (app/ratelimit.py), a failed authentication counts against the client
+        address's budget, and the request against the user's read or write budget: either may be a 429.
+        """
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            # RFC 6750 3.1: a request without credentials gets the challenge without an error code.
-            raise Unauthorized("A bearer token is required.", error=None)
         verifier: TokenVerifier = request.app.state.verifier
-        return await verifier.user_id(token)
+        limiter: RateLimiter | None = request.app.state.rate_limiter
+        try:
+            if scheme.lower() != "bearer" or not token:
+                # RFC 6750 3.1: a request without credentials gets the challenge without an error code.
+                raise Unauthorized("A bearer token is required.", error=None)
+            if limiter is not None and not verifier.remembers(token):
+                # An address over its failed-authentication budget gets no signature check.
+                limiter.refuse_blocked_address(request.scope)
+            user_id = await verifier.user_id(token)
+        except Unauthorized:
+            if limiter is not None:
+                await limiter.authentication_failed(request.scope)
+            raise
+        if limiter is not None:
+            await limiter.charge_request(request.scope, user_id)
+        return user_id
 
 
 get_current_user = BearerUser(
