@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+from limits import parse_many
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -21,6 +22,7 @@ HmacAlgorithm = Literal["HS256", "HS384", "HS512"]
 AsymmetricAlgorithm = Literal["EdDSA", "ES256", "ES512", "RS256", "PS256"]
 # Better Auth's jwt plugin can sign with any of these; a stock setup needs only JWT_JWKS_URL.
 BETTER_AUTH_ALGORITHMS: tuple[AsymmetricAlgorithm, ...] = ("EdDSA", "ES256", "ES512", "RS256", "PS256")
+RATE_LIMIT_STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
 
 
 def _split_csv(value: object) -> object:
@@ -100,6 +102,19 @@ class Settings(DatabaseSettings):
     MAX_CONNECTIONS: int = Field(default=512, ge=1, le=65536)
     # Swagger UI (/docs) and ReDoc (/redoc), served from a pinned package; /openapi.json stays.
     DOCS_ENABLED: bool = True
+    # Rate limits (README "Operating it"): a read and a write budget per user (the token's subject)
+    # and a budget of failed authentications per client address, as `limits` rate strings
+    # ("1200/minute", "20/second", "5000/hour"); false turns all of them off.
+    RATE_LIMIT_ENABLED: bool = True
+    RATE_LIMIT_READ: str = "1200/minute"
+    RATE_LIMIT_WRITE: str = "300/minute"
+    RATE_LIMIT_AUTH_FAILURES: str = "100/minute"
+    # memory:// counts per worker process; redis://[:password@]host:port/db (or rediss://) is one budget
+    # across every worker and replica.
+    RATE_LIMIT_STORAGE_URL: SecretStr = SecretStr("memory://")
+    # GET /metrics in Prometheus' text format; with METRICS_TOKEN set it needs that bearer token.
+    METRICS_ENABLED: bool = False
+    METRICS_TOKEN: SecretStr | None = None
 
     @field_validator("CORS_ORIGINS", "JWT_ALGORITHMS", mode="before")
     @classmethod
@@ -156,6 +171,34 @@ class Settings(DatabaseSettings):
             for host in value:
                 if not isinstance(host, str) or (host != "*" and not _HOST.fullmatch(host)):
                     raise ValueError("must be host names such as api.example.com or api.example.com:8443 (no scheme)")
+        return value
+
+    @field_validator("RATE_LIMIT_READ", "RATE_LIMIT_WRITE", "RATE_LIMIT_AUTH_FAILURES")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        try:
+            items = parse_many(value)
+        except ValueError:
+            items = []
+        if len(items) != 1 or items[0].amount < 1:
+            raise ValueError("must be one rate such as 1200/minute, 20/second or 5000/hour")
+        return value
+
+    @field_validator("RATE_LIMIT_STORAGE_URL")
+    @classmethod
+    def _rate_limit_storage(cls, value: SecretStr) -> SecretStr:
+        scheme = value.get_secret_value().partition("://")[0]
+        if scheme not in RATE_LIMIT_STORAGE_SCHEMES:
+            raise ValueError("must be memory:// or a redis://, rediss:// or redis+unix:// URL")
+        return value
+
+    @field_validator("METRICS_TOKEN", mode="before")
+    @classmethod
+    def _metrics_token(cls, value: object) -> object:
+        if value == "":
+            return None
+        if isinstance(value, str) and len(value) < 16:
+            raise ValueError("must be at least 16 characters")
         return value
 
 

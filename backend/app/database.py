@@ -100,6 +100,10 @@ class Database:
         # to a waiter, so under load some requests wait far longer than others. A FIFO semaphore in
         # front of it (asyncio's does not let newcomers jump the queue) serves requests in order.
         self._slots = asyncio.Semaphore(connections)
+        # For the metrics (app/metrics.py): slots in all, held by requests, and awaited right now.
+        self.capacity = connections
+        self.in_use = 0
+        self.waiting = 0
         self._per_owner = min(per_owner, connections)
         self._owners: dict[str, _OwnerSlots] = {}
         self.wait_timeout = wait_timeout
@@ -201,7 +205,12 @@ class _Use:
                 raise TooManyRequests("Too many of your requests are in progress at once; retry shortly.") from None
             try:
                 # Waiting longer than a connect would take means the database is not keeping up: 503.
-                await _acquire(db._slots, db.wait_timeout)
+                db.waiting += 1  # the pool gauges of app.metrics
+                try:
+                    await _acquire(db._slots, db.wait_timeout)
+                finally:
+                    db.waiting -= 1
+                db.in_use += 1
                 try:
                     self._context = self._open()
                     self._connection = await self._context.__aenter__()
@@ -213,6 +222,7 @@ class _Use:
                             raise
                     return self._connection
                 except BaseException:
+                    db.in_use -= 1
                     db._slots.release()
                     raise
             except BaseException:
@@ -235,6 +245,7 @@ class _Use:
                 if translated is not exc:
                     raise translated from None
         finally:
+            self._db.in_use -= 1
             self._db._slots.release()
             self._owner_slots.semaphore.release()
             self._leave()

@@ -99,11 +99,23 @@ class ValidationFailed(Problem, status=422, schema="ValidationProblemDetail"):
     """The request is not valid; `errors` lists each problem."""
 
 
-class TooManyRequests(Problem, status=429, headers=("Retry-After",)):
-    """The caller has too many requests in progress; retry after `Retry-After` seconds."""
+class TooManyRequests(Problem, status=429, headers=("Retry-After", "RateLimit-Policy", "RateLimit")):
+    """The caller is over a rate limit (`RateLimit-Policy` and `RateLimit` name it), or has too many
+    requests in progress at once; retry after `Retry-After` seconds.
+    """
 
     def __init__(self, detail: str | None = None, *, retry_after: int = 1) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+class RateLimited(TooManyRequests):
+    """Over a rate limit: the caller's read or write budget, or the failed authentications of the
+    client's address (app/ratelimit.py). Carries the RateLimit-Policy and RateLimit fields.
+    """
+
+    def __init__(self, detail: str, *, retry_after: int, policy: str, limit: str) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.headers.update({"RateLimit-Policy": policy, "RateLimit": limit})
 
 
 class QueryTimeout(Problem, status=422):

@@ -24,8 +24,10 @@ from app.errors import install_error_handlers
 from app.jsonguard import JSONShapeMiddleware
 from app.logging import configure_logging
 from app.mcp import MCP_PATH, METADATA_PATH, create_mcp_endpoint, protected_resource_metadata
+from app.metrics import Metrics, install_metrics_route
 from app.middleware import ProblemCORSMiddleware, RequestContextMiddleware
 from app.openapi import install_openapi
+from app.ratelimit import RateLimiter
 from app.routers import health, tasks
 
 logger = logging.getLogger("app")
@@ -50,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application for `settings` (the environment's by default)."""
     settings = settings or load_settings()
     mcp = create_mcp_endpoint(settings)
+    metrics = Metrics() if settings.METRICS_ENABLED else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,20 +77,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         jwks = None
         if settings.JWT_JWKS_URL:
-            jwks = JWKSClient(settings.JWT_JWKS_URL, min_refetch_interval=settings.JWT_JWKS_MIN_REFETCH_SECONDS)
+            jwks = JWKSClient(
+                settings.JWT_JWKS_URL, min_refetch_interval=settings.JWT_JWKS_MIN_REFETCH_SECONDS, metrics=metrics
+            )
         app.state.database = database
-        app.state.verifier = TokenVerifier(settings, jwks)
+        app.state.verifier = TokenVerifier(settings, jwks, metrics=metrics)
         logger.info("token verification: %s", app.state.verifier.describe())
+        rate_limiter = RateLimiter(settings, metrics) if settings.RATE_LIMIT_ENABLED else None
+        app.state.rate_limiter = rate_limiter
+        logger.info("rate limits: %s", rate_limiter.describe() if rate_limiter else "off")
         # In the background: startup does not wait for a database that may be waking up.
-        database_check = asyncio.create_task(database.report_unavailable())
+        background = [asyncio.create_task(database.report_unavailable())]
+        if metrics is not None:
+            metrics.watch(database)
+            background.append(asyncio.create_task(metrics.sample_forever()))
         try:
             # MCP requests are served while this block runs (the SDK's own app and lifespan are not used).
             async with mcp.run():
                 yield
         finally:
-            database_check.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await database_check
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if rate_limiter is not None:
+                await rate_limiter.aclose()
             if jwks is not None:
                 await jwks.aclose()
             await database.dispose()
@@ -110,6 +124,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_api_route(METADATA_PATH, protected_resource_metadata(settings), methods=["GET"], include_in_schema=False)
     if settings.DOCS_ENABLED:
         install_docs(app)
+    if metrics is not None:
+        token = settings.METRICS_TOKEN.get_secret_value() if settings.METRICS_TOKEN else None
+        install_metrics_route(app, metrics, token)
     # Innermost: a crowded JSON body is refused before FastAPI parses and validates it; inside CORS,
     # so a browser can read that 422 too.
     app.add_middleware(JSONShapeMiddleware)
@@ -118,7 +135,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_origins=settings.CORS_ORIGINS,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
         allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID"],
-        expose_headers=["ETag", "Location", "Retry-After", "X-Request-ID", "Idempotent-Replayed"],
+        expose_headers=[
+            "ETag",
+            "Location",
+            "Retry-After",
+            "X-Request-ID",
+            "Idempotent-Replayed",
+            "RateLimit-Policy",
+            "RateLimit",
+        ],
         max_age=600,
     )
     # Outermost, so the request id, the access log and cancellation on disconnect cover CORS answers
@@ -128,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.MAX_BODY_BYTES,
         read_timeout=settings.HTTP_READ_TIMEOUT_S,
         cacheable_paths=DOCS_PATHS,
+        metrics=metrics,
     )
 
     install_openapi(app)

@@ -10,6 +10,7 @@ import logging
 import re
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -18,6 +19,10 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import problem_response
+from app.ratelimit import RATE_LIMIT_HEADERS
+
+if TYPE_CHECKING:
+    from app.metrics import Metrics
 
 access_log = logging.getLogger("app.access")
 logger = logging.getLogger("app.errors")
@@ -37,7 +42,9 @@ class RequestContextMiddleware:
 
     Every response gets `X-Content-Type-Options: nosniff`, and `Cache-Control: no-store` unless its
     path starts with one of `cacheable_paths` (the public docs) or the app chose a Cache-Control:
-    API responses carry a user's data, and a cached /health would hide an outage.
+    API responses carry a user's data, and a cached /health would hide an outage. A rate-limited
+    request's RateLimit-Policy (app/ratelimit.py) is added here too, and with `metrics` each request
+    is counted and timed under its route template.
 
     Starlette keeps running a handler after its client disconnected, so an abandoned search would
     hold its database slot until it finished. Once a request has read its body and run for
@@ -53,11 +60,13 @@ class RequestContextMiddleware:
         max_body_bytes: int,
         read_timeout: float = 10.0,
         cacheable_paths: tuple[str, ...] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.read_timeout = read_timeout
         self.cacheable_paths = cacheable_paths
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -145,7 +154,7 @@ class RequestContextMiddleware:
                 status = message["status"]
                 response_started = True
                 headers = message.get("headers", [])
-                extra = [(b"x-request-id", request_id.encode()), NOSNIFF]
+                extra = [(b"x-request-id", request_id.encode()), NOSNIFF, *scope.get(RATE_LIMIT_HEADERS, ())]
                 if no_store and not any(name.lower() == b"cache-control" for name, _ in headers):
                     extra.append(NO_STORE)
                 message["headers"] = [*headers, *extra]
@@ -186,6 +195,7 @@ class RequestContextMiddleware:
         await response(scope, receive, send)
 
     def _log(self, scope: Scope, status: int, started: float, request_id: str) -> None:
+        elapsed = time.perf_counter() - started
         # Path only: query strings may carry search text; headers (tokens) are never logged.
         access_log.info(
             "request",
@@ -193,10 +203,12 @@ class RequestContextMiddleware:
                 "method": scope["method"],
                 "path": scope["path"],
                 "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "duration_ms": round(elapsed * 1000, 2),
                 "request_id": request_id,
             },
         )
+        if self.metrics is not None:
+            self.metrics.observe_request(scope, status, elapsed)
 
 
 class ProblemCORSMiddleware(CORSMiddleware):

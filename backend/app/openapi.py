@@ -109,6 +109,22 @@ HEADERS: dict[str, dict[str, Any]] = {
         "required": True,
         "schema": {"type": "integer", "minimum": 0, "examples": [2]},
     },
+    # draft-ietf-httpapi-ratelimit-headers-11 (app/ratelimit.py); absent on a 429 for requests in
+    # progress, which is no rate limit.
+    "RateLimit-Policy": {
+        "description": (
+            "The rate limit the request counts against (IETF draft-ietf-httpapi-ratelimit-headers-11): "
+            "`read` or `write` (per user), or `auth-failures` (per client address); `q` requests per "
+            "`w` seconds. Every /api response carries it while rate limits are on."
+        ),
+        "required": False,
+        "schema": {"type": "string", "examples": ['"read";q=1200;w=60']},
+    },
+    "RateLimit": {
+        "description": "What is left of that limit: `r` requests, available again in `t` seconds.",
+        "required": False,
+        "schema": {"type": "string", "examples": ['"read";r=0;t=12']},
+    },
 }
 
 

@@ -7,10 +7,13 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import jwt
+
+if TYPE_CHECKING:
+    from app.metrics import Metrics
 
 logger = logging.getLogger("app.auth")
 
@@ -43,8 +46,10 @@ class JWKSClient:
         max_age: float = 600.0,
         min_refetch_interval: float = 10.0,
         timeout: float = 3.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.url = url
+        self._metrics = metrics
         self._http = http or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
         self._owns_http = http is None
         self._max_age = max_age
@@ -79,10 +84,14 @@ class JWKSClient:
                     raise JWKSUnavailable("no key set available")
                 return
             self._attempted_at = time.monotonic()
+            if self._metrics is not None:
+                self._metrics.jwks_fetches.inc()
             try:
                 keys = await self._fetch()
             except (httpx.HTTPError, ValueError) as exc:
                 logger.warning("JWKS fetch failed: %s", type(exc).__name__)
+                if self._metrics is not None:
+                    self._metrics.jwks_fetch_failures.inc()
                 if self._fetched_at is None:
                     raise JWKSUnavailable("no key set available") from None
                 return  # keep the last good key set

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import jwt
 from fastapi import Depends, Request
@@ -20,6 +20,10 @@ from app.auth.jwks import JWKSClient, JWKSUnavailable
 from app.columns import USER_ID_MAX, unstorable_reason
 from app.config import Settings
 from app.errors import ServiceUnavailable, Unauthorized
+
+if TYPE_CHECKING:
+    from app.metrics import Metrics
+    from app.ratelimit import RateLimiter
 
 logger = logging.getLogger("app.auth")
 
@@ -33,7 +37,7 @@ VERIFIED_CACHE_SIZE = 4096
 class TokenVerifier:
     """Verifies bearer tokens according to the settings; one instance per app."""
 
-    def __init__(self, settings: Settings, jwks: JWKSClient | None = None) -> None:
+    def __init__(self, settings: Settings, jwks: JWKSClient | None = None, *, metrics: Metrics | None = None) -> None:
         self._secret = settings.JWT_SECRET.get_secret_value().encode() if settings.JWT_SECRET else None
         self._hmac_algorithm = settings.JWT_ALGORITHM
         self._jwks = jwks
@@ -43,6 +47,7 @@ class TokenVerifier:
         self._leeway = settings.JWT_LEEWAY
         # token -> (user id, exp, kid of the JWKS key that verified it, None for the shared secret)
         self._verified: dict[str, tuple[str, float, str | None]] = {}
+        self._metrics = metrics
 
     def describe(self) -> str:
         """The active verification modes, for the startup log (no secrets)."""
@@ -60,8 +65,12 @@ class TokenVerifier:
             user_id, exp, kid = cached
             # A key withdrawn from the JWKS revokes its tokens, cached or not.
             if time.time() < exp and (kid is None or await self._still_published(kid)):
+                if self._metrics is not None:
+                    self._metrics.token_cache_hits.inc()
                 return user_id
             self._verified.pop(token, None)  # concurrent requests may have dropped it already
+        if self._metrics is not None:
+            self._metrics.token_cache_misses.inc()
         if len(token) > MAX_TOKEN_LENGTH:
             raise Unauthorized("The token is too large.")
         try:
@@ -77,6 +86,10 @@ class TokenVerifier:
         user_id = _subject(claims)
         self._remember(token, user_id, claims["exp"], None if key is self._secret else header.get("kid"))
         return user_id
+
+    def remembers(self, token: str) -> bool:
+        """True if `token` is in the verified-token cache (checking it again costs no signature check)."""
+        return token in self._verified
 
     async def _still_published(self, kid: str) -> bool:
         assert self._jwks is not None  # a kid is only remembered for JWKS-verified tokens
@@ -160,14 +173,30 @@ class BearerUser(HTTPBearer):
     """
 
     async def __call__(self, request: Request) -> str:  # type: ignore[override]
-        """The id of the user the request's bearer token was issued to."""
+        """The id of the user the request's bearer token was issued to.
+
+        With rate limits on (app/ratelimit.py), a failed authentication counts against the client
+        address's budget, and the request against the user's read or write budget: either may be a 429.
+        """
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            # RFC 6750 3.1: a request without credentials gets the challenge without an error code.
-            raise Unauthorized("A bearer token is required.", error=None)
         verifier: TokenVerifier = request.app.state.verifier
-        return await verifier.user_id(token)
+        limiter: RateLimiter | None = request.app.state.rate_limiter
+        try:
+            if scheme.lower() != "bearer" or not token:
+                # RFC 6750 3.1: a request without credentials gets the challenge without an error code.
+                raise Unauthorized("A bearer token is required.", error=None)
+            if limiter is not None and not verifier.remembers(token):
+                # An address over its failed-authentication budget gets no signature check.
+                limiter.refuse_blocked_address(request.scope)
+            user_id = await verifier.user_id(token)
+        except Unauthorized:
+            if limiter is not None:
+                await limiter.authentication_failed(request.scope)
+            raise
+        if limiter is not None:
+            await limiter.charge_request(request.scope, user_id)
+        return user_id
 
 
 get_current_user = BearerUser(

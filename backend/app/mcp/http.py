@@ -35,7 +35,7 @@ _LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 # DNS-rebinding protection: the Host header names a host this endpoint does not serve.
 class MisdirectedRequest(Problem, status=421):
-    """This host name is not allowed for /mcp; add it to MCP_ALLOWED_HOSTS."""
+    """The host name is not allowed for /mcp; add it to MCP_ALLOWED_HOSTS."""
 
 
 # A browser page from an origin that may not call /mcp.

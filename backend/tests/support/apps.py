@@ -66,8 +66,17 @@ async def postgres_database() -> AsyncIterator[str]:
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
-    """Settings for a test app: never reads the developer's .env."""
-    values: dict[str, Any] = {"DATABASE_URL": database_url, "JWT_SECRET": SECRET, **overrides}
+    """Settings for a test app: never reads the developer's .env.
+
+    Rate limits are off unless a test turns them on: the suite sends thousands of requests, and
+    hundreds of bad tokens, from one address (tests/test_ratelimit.py covers them).
+    """
+    values: dict[str, Any] = {
+        "DATABASE_URL": database_url,
+        "JWT_SECRET": SECRET,
+        "RATE_LIMIT_ENABLED": False,
+        **overrides,
+    }
     return Settings(_env_file=None, **values)
 
 

@@ -61,6 +61,7 @@ class APIServer:
                 "PORT": str(self.port),
                 "WEB_CONCURRENCY": str(workers),
                 "LOG_LEVEL": "INFO",
+                "RATE_LIMIT_ENABLED": "false",  # as in make_settings: tests that need limits set them
                 "PYTHONUNBUFFERED": "1",
                 **(settings or {}),
             }
