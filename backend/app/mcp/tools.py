@@ -26,10 +26,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 
 from app.database import Database
-from app.errors import Forbidden, NotFound, PreconditionFailed, Problem, is_database_unavailable
+from app.errors import Forbidden, NotFound, PreconditionFailed, Problem, RateLimited, is_database_unavailable
 from app.mcp.http import OWNER_SCOPE_KEY
 from app.mcp.schemas import DeletedTasks, NewTasks, TaskIds, TaskItems, Updates, if_match
 from app.models.task import TaskPriority, TaskStatus
+from app.ratelimit import Operation, count_operation
 from app.schemas.task import (
     RFC3339DateTime,
     SearchText,
@@ -65,14 +66,21 @@ class _Rejected(Exception):
 # --- request context ---------------------------------------------------------------------------
 
 
-def _caller(ctx: Context) -> tuple[str, Database]:
-    """The verified owner id and the app's database, from the HTTP request that carries this call."""
+async def _caller(ctx: Context, operation: Operation, cost: int = 1) -> tuple[str, Database]:
+    """The verified owner id and the app's database, from the HTTP request that carries this call,
+    after counting the call against the owner's rate limit as the REST operations it performs.
+    """
     request = ctx.request_context.request
     if not isinstance(request, Request) or OWNER_SCOPE_KEY not in request.scope:
         # Only reachable if the SDK were served without app/mcp/http.py in front: fail closed.
         raise ToolError("This tool needs an authenticated HTTP request.")
+    owner: str = request.scope[OWNER_SCOPE_KEY]
+    try:
+        await count_operation(request.app, owner, operation, cost=cost)
+    except RateLimited as exc:
+        raise ToolError(f"{exc.detail} Retry after {exc.headers['Retry-After']} s; nothing was changed.") from None
     database: Database = request.app.state.database
-    return request.scope[OWNER_SCOPE_KEY], database
+    return owner, database
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -201,7 +209,7 @@ async def find_tasks(
     The same filters as GET /api/tasks. `total` counts every match, so page with `offset` while
     `offset + limit < total`. Items are tasks as the REST API returns them.
     """
-    owner, database = _caller(ctx)
+    owner, database = await _caller(ctx, "read")
     # Already validated by the same annotated types TaskListQuery declares: construct, do not re-parse.
     query = TaskListQuery.model_construct(
         status=status,
@@ -230,7 +238,7 @@ async def get_task(
     ctx: Context, id: Annotated[uuid.UUID, Field(description="The task's id.")]
 ) -> Annotated[CallToolResult, TaskRead]:
     """Get one of the user's tasks by id, with its etag (for a conditional update_tasks)."""
-    owner, database = _caller(ctx)
+    owner, database = await _caller(ctx, "read")
     try:
         async with database.reader(owner) as conn:
             task = await service.get_task(conn, owner, id)
@@ -244,7 +252,7 @@ async def get_task(
 
 async def add_tasks(ctx: Context, tasks: NewTasks) -> Annotated[CallToolResult, TaskItems]:
     """Create 1-25 tasks for the user, all or none, returned in the given order with their etags."""
-    owner, database = _caller(ctx)
+    owner, database = await _caller(ctx, "write", len(tasks))
 
     async def create(conn: AsyncConnection, data: Any) -> service.VersionedTask:
         return (await service.create_task(conn, owner, data)).task
@@ -259,7 +267,7 @@ async def update_tasks(ctx: Context, updates: Updates) -> Annotated[CallToolResu
     With an `etag` an item only applies if the task is still at that version; if any item is
     invalid, missing or stale, nothing changes and the error names the item's index.
     """
-    owner, database = _caller(ctx)
+    owner, database = await _caller(ctx, "write", len(updates))
 
     async def apply(conn: AsyncConnection, update: Any) -> service.VersionedTask:
         return await service.update_task(conn, owner, update.id, update.changes(), if_match(update.etag))
@@ -272,7 +280,7 @@ async def update_tasks(ctx: Context, updates: Updates) -> Annotated[CallToolResu
 
 async def complete_tasks(ctx: Context, ids: TaskIds) -> Annotated[CallToolResult, TaskItems]:
     """Mark 1-100 of the user's tasks completed, all or none; already completed ones stay as they are."""
-    owner, database = _caller(ctx)
+    owner, database = await _caller(ctx, "write", len(ids))
     done = {"status": TaskStatus.completed}
 
     async def complete(conn: AsyncConnection, task_id: uuid.UUID) -> service.VersionedTask:
@@ -288,7 +296,7 @@ async def complete_tasks(ctx: Context, ids: TaskIds) -> Annotated[CallToolResult
 
 async def delete_tasks(ctx: Context, ids: TaskIds) -> Annotated[CallToolResult, DeletedTasks]:
     """Delete 1-100 of the user's tasks for good, all or none."""
-    owner, database = _caller(ctx)
+    owner, database = await _caller(ctx, "write", len(ids))
 
     async def delete(conn: AsyncConnection, task_id: uuid.UUID) -> uuid.UUID:
         await service.delete_task(conn, owner, task_id, None)
