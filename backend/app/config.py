@@ -99,6 +99,12 @@ class Settings(DatabaseSettings):
     MAX_CONNECTIONS: int = Field(default=512, ge=1, le=65536)
     # Swagger UI (/docs) and ReDoc (/redoc), served from a pinned package; /openapi.json stays.
     DOCS_ENABLED: bool = True
+    # Change feed (README "Keeping clients in sync"): days a delete stays reportable (older cursors
+    # get 410).
+    SYNC_TOMBSTONE_DAYS: float = Field(default=30, gt=0, le=3650)
+    # Only for tests/test_changes_race.py, which shows the feed then skips changes: false numbers
+    # changes outside the writing transaction (app/services/changes.py). Never set it.
+    SYNC_ORDERED_COMMITS: bool = True
 
     @field_validator("CORS_ORIGINS", "JWT_ALGORITHMS", mode="before")
     @classmethod

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +23,20 @@ from app.dburl import connection_failure, engine_spec
 from app.errors import QueryTimeout, TooManyRequests
 
 logger = logging.getLogger("app.database")
+
+# What to run once the transaction that Database.transaction opened in this task has committed.
+_after_commit: ContextVar[list[Callable[[], None]] | None] = ContextVar("after_commit", default=None)
+
+
+def after_commit(callback: Callable[[], None]) -> None:
+    """Run `callback` once the current `Database.transaction` has committed; never if it rolls back.
+
+    Outside such a transaction the callback is dropped: what it does must be an optimisation only
+    (the change feed's in-process announcement is; LISTEN/NOTIFY and polling do not depend on it).
+    """
+    callbacks = _after_commit.get()
+    if callbacks is not None:
+        callbacks.append(callback)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
@@ -113,10 +128,22 @@ class Database:
         """A connection in a transaction for `owner`'s request: commits when the block ends, rolls
         back if it raised.
         """
-        async with self._turn(owner), _limited(self.engine.begin()) as connection:
-            if self._set_local_timeout is not None:
-                await connection.execute(self._set_local_timeout)
-            yield connection
+        callbacks: list[Callable[[], None]] = []
+        outer = _after_commit.set(callbacks)
+        try:
+            async with self._turn(owner), _limited(self.engine.begin()) as connection:
+                if self._set_local_timeout is not None:
+                    await connection.execute(self._set_local_timeout)
+                yield connection
+        finally:
+            _after_commit.reset(outer)
+        # Committed (an exception in the block would have rolled back and skipped this). The answer
+        # must not depend on these: a failing one is logged, never raised.
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as exc:
+                logger.error("after-commit callback failed: %s", type(exc).__name__, exc_info=exc)
 
     @asynccontextmanager
     async def reader(self, owner: str) -> AsyncIterator[AsyncConnection]:

@@ -106,6 +106,14 @@ class TooManyRequests(Problem, status=429, headers=("Retry-After",)):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
+class InvalidCursor(Problem, status=422):
+    """The cursor is not one this API issued to you (garbled, truncated or another user's); leave it out to resync."""
+
+
+class CursorExpired(Problem, status=410):
+    """The cursor is older than the tombstone retention: discard your copy and resync from scratch (omit `since`)."""
+
+
 class QueryTimeout(Problem, status=422):
     """The query took longer than the server allows (DB_STATEMENT_TIMEOUT_MS); narrow it (e.g. a longer `q`)."""
 

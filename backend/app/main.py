@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -25,7 +26,8 @@ from app.jsonguard import JSONShapeMiddleware
 from app.logging import configure_logging
 from app.middleware import ProblemCORSMiddleware, RequestContextMiddleware
 from app.openapi import install_openapi
-from app.routers import health, tasks
+from app.routers import changes, health, tasks
+from app.services import changes as change_log
 
 logger = logging.getLogger("app")
 
@@ -70,6 +72,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             wait_timeout=settings.DB_CONNECT_TIMEOUT,
             ping_timeout=settings.DB_CONNECT_TIMEOUT + 1,
         )
+        change_log.install(
+            engine,
+            change_log.SyncPolicy(
+                retention=timedelta(days=settings.SYNC_TOMBSTONE_DAYS),
+                ordered=settings.SYNC_ORDERED_COMMITS,
+            ),
+        )
         jwks = None
         if settings.JWT_JWKS_URL:
             jwks = JWKSClient(settings.JWT_JWKS_URL, min_refetch_interval=settings.JWT_JWKS_MIN_REFETCH_SECONDS)
@@ -98,6 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(health.router)
+    # Before the tasks router: /api/tasks/{task_id} would otherwise take /api/tasks/changes.
+    app.include_router(changes.router)
     app.include_router(tasks.router)
     if settings.DOCS_ENABLED:
         install_docs(app)
