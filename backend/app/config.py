@@ -103,7 +103,8 @@ class Settings(DatabaseSettings):
     # get 410).
     SYNC_TOMBSTONE_DAYS: float = Field(default=30, gt=0, le=3650)
     # Only for tests/test_changes_race.py, which shows the feed then skips changes: false numbers
-    # changes outside the writing transaction (app/services/changes.py). Never set it.
+    # changes as a database sequence would, outside the writing transaction (app/services/changes.py).
+    # Never set it.
     SYNC_ORDERED_COMMITS: bool = True
 
     @field_validator("CORS_ORIGINS", "JWT_ALGORITHMS", mode="before")

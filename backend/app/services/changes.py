@@ -16,9 +16,10 @@ This holds on PostgreSQL (READ COMMITTED, any number of API processes, through a
 pooler: the lock lives in the transaction, not the session) and on SQLite (one writer at a time,
 holding the database's write lock from its first write until it commits). Its price: one owner's
 writes are serialised (each waits for the previous one to commit, ~1 ms); different owners never
-wait for each other. `SyncPolicy(ordered=False)` (SYNC_ORDERED_COMMITS=false) takes the number in a separate,
-immediately committed transaction instead, as a database sequence would: it exists only so that
-tests/test_changes_race.py can show the feed then loses changes. Never turn it off.
+wait for each other. `SyncPolicy(ordered=False)` (SYNC_ORDERED_COMMITS=false) is the
+textbook design without that lock: the number comes from a separate, immediately committed
+transaction (as from a database sequence) and a cursor is the highest number a read returned. It
+exists only so that tests/test_changes_race.py can show that design skipping changes. Never use it.
 
 **Tombstones.** A delete leaves a tombstone (id, number, time) so feeds can report it. Tombstones
 older than the retention (SYNC_TOMBSTONE_DAYS) are purged by the owner's next write once the oldest
@@ -353,8 +354,11 @@ async def list_changes(
     changes.sort(key=lambda change: change[0])
     has_more = len(changes) > limit
     del changes[limit:]
-    # All of the owner's changes up to `head` are committed and were visible to this read.
-    seq = changes[-1][0] if has_more else head
+    # All of the owner's changes up to `head` are committed and were visible to this read ...
+    seq = head
+    if has_more or not _policy(conn).ordered:
+        # ... but the page holds only some of them (or, unordered, nothing vouches for `head`).
+        seq = changes[-1][0] if changes else cursor.seq
     after = Cursor(seq, max(cursor.base, seq))
     return ChangePage([change for _, change in changes], encode_cursor(owner_id, after), has_more)
 
