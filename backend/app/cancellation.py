@@ -17,6 +17,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 WATCH_AFTER_SECONDS = 0.05
 # Set in the ASGI scope of a request whose client went away before it was answered.
 CLIENT_GONE = "app.client_gone"
+# A long-lived response (the live events stream) puts a callable here that ends it; the production
+# server (app.httpserver) calls it when a graceful shutdown begins, so the stream does not hold the
+# shutdown up until its time limit.
+STOP_ON_SHUTDOWN = "app.stop_on_shutdown"
 
 
 class CancelOnDisconnectMiddleware:

@@ -99,9 +99,12 @@ class Settings(DatabaseSettings):
     MAX_CONNECTIONS: int = Field(default=512, ge=1, le=65536)
     # Swagger UI (/docs) and ReDoc (/redoc), served from a pinned package; /openapi.json stays.
     DOCS_ENABLED: bool = True
-    # Change feed (README "Keeping clients in sync"): days a delete stays reportable (older cursors
-    # get 410).
+    # Change feed and live events (README "Keeping clients in sync"): days a delete stays reportable
+    # (older cursors get 410); open event streams per user and worker process (the next is 429);
+    # seconds between keepalive comments on an idle stream.
     SYNC_TOMBSTONE_DAYS: float = Field(default=30, gt=0, le=3650)
+    SYNC_MAX_STREAMS_PER_USER: int = Field(default=5, ge=1, le=1000)
+    SYNC_KEEPALIVE_S: float = Field(default=15, gt=0, le=15)
     # Only for tests/test_changes_race.py, which shows the feed then skips changes: false numbers
     # changes as a database sequence would, outside the writing transaction (app/services/changes.py).
     # Never set it.

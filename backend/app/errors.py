@@ -114,6 +114,10 @@ class CursorExpired(Problem, status=410):
     """The cursor is older than the tombstone retention: discard your copy and resync from scratch (omit `since`)."""
 
 
+class TooManyStreams(TooManyRequests):
+    """You have as many event streams open as allowed (SYNC_MAX_STREAMS_PER_USER); close one first."""
+
+
 class QueryTimeout(Problem, status=422):
     """The query took longer than the server allows (DB_STATEMENT_TIMEOUT_MS); narrow it (e.g. a longer `q`)."""
 

@@ -13,7 +13,10 @@ quadratic CPU and unbounded memory. This subclass counts the bytes it feeds the 
   response was sent is dropped once it stalls for `HTTP_READ_TIMEOUT_S`. A stalled body the app is
   waiting for is a 408 from the app's middleware (middleware.py), so it is logged like any response;
 - uvicorn's text/plain answers (the `limit_concurrency` 503, the 400 for unparsable HTTP) become
-  problem+json.
+  problem+json;
+- a graceful shutdown ends long-lived responses (the live events stream, app.cancellation's
+  STOP_ON_SHUTDOWN) instead of waiting for them until the shutdown's time limit. No read deadline
+  applies while a response streams: the request was complete before it began.
 
 h11 has a size limit built in (`h11_max_incomplete_event_size`) but is pure Python and measurably
 slower; the README's "Limits" section has the numbers. Keep this module in step with the pinned
@@ -33,6 +36,7 @@ from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from app.cancellation import STOP_ON_SHUTDOWN
 from app.config import get_settings
 from app.errors import PROBLEM_JSON, RETRY_AFTER_SECONDS
 
@@ -116,6 +120,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """Stop the read timer with the connection."""
         self._cancel_read_timer()
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """A graceful shutdown begins: end a long-lived response (an event stream), let others finish."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            stop = self.cycle.scope.get(STOP_ON_SHUTDOWN)
+            if callable(stop):
+                stop()
+        super().shutdown()
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser, at most MAX_HEADER_BYTES of a request head."""

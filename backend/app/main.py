@@ -22,6 +22,7 @@ from app.database import Database, create_engine
 from app.dburl import engine_spec
 from app.docs import DOCS_PATHS, install_docs
 from app.errors import install_error_handlers
+from app.events import ChangeEvents, listen_url
 from app.jsonguard import JSONShapeMiddleware
 from app.logging import configure_logging
 from app.middleware import ProblemCORSMiddleware, RequestContextMiddleware
@@ -72,13 +73,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             wait_timeout=settings.DB_CONNECT_TIMEOUT,
             ping_timeout=settings.DB_CONNECT_TIMEOUT + 1,
         )
+        direct_url = settings.DATABASE_URL_DIRECT.get_secret_value() if settings.DATABASE_URL_DIRECT else None
+        events = ChangeEvents(
+            max_streams_per_owner=settings.SYNC_MAX_STREAMS_PER_USER,
+            keepalive=settings.SYNC_KEEPALIVE_S,
+            listen_url=listen_url(database_url, direct_url),
+            read_heads=lambda owners: _read_heads(database, owners),
+            connect_timeout=settings.DB_CONNECT_TIMEOUT,
+        )
+        if spec.behind_pooler and direct_url is None:
+            logger.warning(
+                "live events: DATABASE_URL is a pooler, which cannot LISTEN; other processes' writes reach "
+                "event streams by polling every %.1f s. Set DATABASE_URL_DIRECT for LISTEN/NOTIFY.",
+                events.poll_interval,
+            )
         change_log.install(
             engine,
             change_log.SyncPolicy(
                 retention=timedelta(days=settings.SYNC_TOMBSTONE_DAYS),
                 ordered=settings.SYNC_ORDERED_COMMITS,
+                announce=events.publish,
             ),
         )
+        events.start()
+        app.state.events = events
         jwks = None
         if settings.JWT_JWKS_URL:
             jwks = JWKSClient(settings.JWT_JWKS_URL, min_refetch_interval=settings.JWT_JWKS_MIN_REFETCH_SECONDS)
@@ -93,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             database_check.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await database_check
+            await events.aclose()
             if jwks is not None:
                 await jwks.aclose()
             await database.dispose()
@@ -121,7 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ProblemCORSMiddleware,
         allow_origins=settings.CORS_ORIGINS,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-        allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID"],
+        allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID", "Last-Event-ID"],
         expose_headers=["ETag", "Location", "Retry-After", "X-Request-ID", "Idempotent-Replayed"],
         max_age=600,
     )
@@ -135,6 +154,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_openapi(app)
     return app
+
+
+async def _read_heads(database: Database, owners: list[str]) -> dict[str, int]:
+    # For live events without LISTEN (app/events.py): outside any user's slots, like /health.
+    async with database.engine.connect() as connection:
+        return await change_log.heads(connection, owners)
 
 
 def _app_from_environment() -> FastAPI:

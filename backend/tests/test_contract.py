@@ -78,6 +78,7 @@ def test_declare_operation_ids_for_every_route(document: dict[str, Any]) -> None
         ("patch", "/api/tasks/{task_id}"): "updateTask",
         ("delete", "/api/tasks/{task_id}"): "deleteTask",
         ("get", "/api/tasks/changes"): "listTaskChanges",
+        ("get", "/api/tasks/events"): "streamTaskEvents",
     }
 
 
@@ -115,6 +116,7 @@ def test_declare_error_codes_per_route(document: dict[str, Any]) -> None:
     assert codes[("patch", item)] == write
     assert codes[("delete", item)] == {"204", "401", "403", "404", "412", "422", "429", "503", "default"}
     assert codes[("get", "/api/tasks/changes")] == {"200", "401", "410", "422", "429", "503", "default"}
+    assert codes[("get", "/api/tasks/events")] == {"200", "401", "422", "429", "503", "default"}
 
 
 def test_declare_success_bodies_and_headers(document: dict[str, Any]) -> None:
@@ -127,6 +129,10 @@ def test_declare_success_bodies_and_headers(document: dict[str, Any]) -> None:
     assert "content" not in paths["/api/tasks/{task_id}"]["delete"]["responses"]["204"]
     changes = paths["/api/tasks/changes"]["get"]["responses"]["200"]
     assert changes["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/TaskChanges"}
+    # The live events are a stream, documented as such (not as JSON).
+    events = paths["/api/tasks/events"]["get"]
+    assert list(events["responses"]["200"]["content"]) == ["text/event-stream"]
+    assert [p["name"] for p in events["parameters"]] == ["Last-Event-ID"]
     headers = document["components"]["headers"]
     assert headers["ETag"]["schema"]["pattern"] == '^"[0-9]+"$'
     assert headers["Retry-After"]["schema"]["type"] == "integer"

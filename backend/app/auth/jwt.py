@@ -55,12 +55,16 @@ class TokenVerifier:
 
     async def user_id(self, token: str) -> str:
         """The verified token's user id (`sub`, else `user_id`); raises Unauthorized otherwise."""
+        return (await self.identity(token))[0]
+
+    async def identity(self, token: str) -> tuple[str, float]:
+        """The verified token's user id and its expiry (`exp`, Unix time); raises Unauthorized otherwise."""
         cached = self._verified.get(token)
         if cached is not None:
             user_id, exp, kid = cached
             # A key withdrawn from the JWKS revokes its tokens, cached or not.
             if time.time() < exp and (kid is None or await self._still_published(kid)):
-                return user_id
+                return user_id, exp
             self._verified.pop(token, None)  # concurrent requests may have dropped it already
         if len(token) > MAX_TOKEN_LENGTH:
             raise Unauthorized("The token is too large.")
@@ -76,7 +80,7 @@ class TokenVerifier:
         claims = self._decode(token, key, str(algorithm))
         user_id = _subject(claims)
         self._remember(token, user_id, claims["exp"], None if key is self._secret else header.get("kid"))
-        return user_id
+        return user_id, float(claims["exp"])
 
     async def _still_published(self, kid: str) -> bool:
         assert self._jwks is not None  # a kid is only remembered for JWKS-verified tokens
@@ -167,7 +171,10 @@ class BearerUser(HTTPBearer):
             # RFC 6750 3.1: a request without credentials gets the challenge without an error code.
             raise Unauthorized("A bearer token is required.", error=None)
         verifier: TokenVerifier = request.app.state.verifier
-        return await verifier.user_id(token)
+        user_id, expires_at = await verifier.identity(token)
+        # Long-lived responses (the live events stream) end when the token does.
+        request.state.token_expires_at = expires_at
+        return user_id
 
 
 get_current_user = BearerUser(

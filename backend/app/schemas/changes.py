@@ -1,4 +1,4 @@
-"""The change feed's answer (TaskChanges) and its rendering."""
+"""The change feed's answer (TaskChanges) and its rendering; the live events' format."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from app.schemas.task import _EXAMPLE_TASK, TaskRead, render_json
 LIMIT_DEFAULT = 500
 LIMIT_MAX = 1000
 CURSOR_MAX_LENGTH = 64
-CURSOR_DESCRIPTION = "Opaque: pass it back unchanged as `since`. Valid for your feed only; its format may change."
+CURSOR_DESCRIPTION = (
+    "Opaque: pass it back unchanged as `since` (or as `Last-Event-ID` on /api/tasks/events). "
+    "Valid for your feed only; its format may change."
+)
 
 
 class TaskUpsert(BaseModel):
@@ -99,3 +102,34 @@ def deletion_entry(task_id: uuid.UUID, deleted_at: datetime) -> dict[str, Any]:
 def render_changes(changes: Sequence[dict[str, Any]], *, cursor: str, has_more: bool) -> bytes:
     """A page of the feed as the JSON of TaskChanges."""
     return render_json({"changes": changes, "cursor": cursor, "has_more": has_more})
+
+
+# --- live events (text/event-stream) ------------------------------------------------------------
+
+EVENTS_DESCRIPTION = """\
+A `text/event-stream` (Server-Sent Events) that says when your tasks changed, whichever API process
+took the write, usually within a second of the commit:
+
+```
+event: changes
+id: <cursor>
+data: {"cursor": "<cursor>"}
+```
+
+On each event, fetch `GET /api/tasks/changes?since=<your last cursor>` (page until `has_more` is
+false). Without `Last-Event-ID` the first event comes at once (your state is unknown); with it (the
+`id` of the last event you saw, or the `cursor` of your last feed answer) an event comes at once only
+if something changed since. A comment line (`: keepalive`) comes whenever the stream was quiet for
+SYNC_KEEPALIVE_S seconds (15 by default), so proxies keep it open. The
+stream ends when the bearer token expires (reconnect with a fresh one) and when the server shuts
+down (reconnect). Send the token in `Authorization` as everywhere: EventSource cannot, so read the
+stream with `fetch`.
+"""
+
+
+def event_frame(cursor: str) -> bytes:
+    """One `changes` event."""
+    return b"event: changes\nid: %s\ndata: %s\n\n" % (cursor.encode(), render_json({"cursor": cursor}))
+
+
+KEEPALIVE_FRAME = b": keepalive\n\n"
