@@ -60,6 +60,12 @@ local function patch_one()
                     '{"status":"completed"}')
 end
 
+-- The change feed polled with the user's current cursor: nothing new (data.cursors, one per token).
+local function changes_idle()
+  local i = math.random(#data.cursors)
+  return wrk.format("GET", "/api/tasks/changes?since=" .. data.cursors[i], headers[i])
+end
+
 local function mixed()
   -- 70% reads (35 list, 35 get) / 30% writes (15 create, 15 patch)
   local r = math.random(100)
@@ -75,6 +81,7 @@ local builders = {
   create = create_one,
   patch = patch_one,
   mixed = mixed,
+  changes = changes_idle,
   list_big = function() return list_req(big, "") end,
   list_small = function() return list_req(small, "") end,
   list_big_completed = function() return list_req(big, "&status=completed") end,

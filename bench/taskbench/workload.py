@@ -36,6 +36,12 @@ SCALE_PROFILES = [
     Profile("list_small_completed", "status=completed, 100-task user", writes=False),
 ]
 MIXED = MAIN_PROFILES[-1]
+# Ours only (the baseline has no change feed): an incremental poll that finds nothing new, next to
+# the request it should cost about as much as.
+SYNC_PROFILES = [
+    Profile("get", "GET /api/tasks/{id}", writes=False),
+    Profile("changes", "GET /api/tasks/changes?since=<current cursor>", writes=False),
+]
 
 
 def make_secret() -> str:
@@ -67,10 +73,11 @@ def build_workload(secret: str, fixtures: Fixtures) -> Workload:
     )
 
 
-def write_lua_data(workload: Workload, path: Path) -> None:
-    """A Lua chunk returning the tokens and (token index, task id) pairs."""
+def write_lua_data(workload: Workload, path: Path, cursors: list[str] | None = None) -> None:
+    """A Lua chunk returning the tokens, (token index, task id) pairs and each user's feed cursor."""
     # JSON string literals are valid Lua string literals for this ASCII data.
     tokens = ",\n".join(json.dumps(t) for t in workload.tokens)
+    cursor_list = ",\n".join(json.dumps(c) for c in cursors or [])
     # Lua arrays are 1-based.
     pairs = ",\n".join(f"{{{i + 1},{json.dumps(t)}}}" for i, t in workload.pairs)
     path.write_text(
@@ -79,5 +86,6 @@ def write_lua_data(workload: Workload, path: Path) -> None:
         f"pairs = {{\n{pairs}\n}},\n"
         f"big = {json.dumps(workload.big_token)},\n"
         f"small = {json.dumps(workload.small_token)},\n"
+        f"cursors = {{\n{cursor_list}\n}},\n"
         "}\n"
     )
