@@ -4,7 +4,8 @@ user's current feed cursor for the `changes` profile, and an event-delay probe t
 The probe: PROBE_USERS users of their own (wrk never writes their tasks), each with one task and
 one open event stream. Every PROBE_INTERVAL_S it PATCHes the next user's task and notes when the
 request was sent; the delay is from then until that user's stream delivers the event. It is an
-upper bound on the delay from the commit (it includes the PATCH's own time in the server).
+upper bound on the delay from the commit (it includes the PATCH's own time in the server); the time
+from the PATCH's answer to the event (negative when the event came first) is noted too.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class Delays:
     """Event delays in seconds, and what went wrong."""
 
     seconds: list[float] = field(default_factory=list)
+    # From the PATCH's answer to the event (negative: the event came first); the fan-out alone.
+    after_answer: list[float] = field(default_factory=list)
     writes: int = 0
     missed: int = 0  # writes whose event did not come within 5 s
     errors: list[str] = field(default_factory=list)
@@ -65,7 +68,8 @@ class Delays:
             return f"no delays measured ({self.writes} writes, errors: {self.errors[:3]})"
         return (
             f"{len(self.seconds)} events: p50 {median(self.seconds) * 1000:.0f} ms, "
-            f"p99 {self.percentile(0.99) * 1000:.0f} ms, max {max(self.seconds) * 1000:.0f} ms, missed {self.missed}"
+            f"p99 {self.percentile(0.99) * 1000:.0f} ms, max {max(self.seconds) * 1000:.0f} ms, missed {self.missed}; "
+            f"after the PATCH's answer: median {median(self.after_answer) * 1000:.0f} ms"
         )
 
 
@@ -123,6 +127,7 @@ class EventProbe:
                 response = await client.patch(
                     f"/api/tasks/{task_ids[user]}", json={"title": f"probe {turn}"}, headers=headers[user]
                 )
+                answered = time.monotonic()
                 self.delays.writes += 1
                 if response.status_code != 200:
                     self.delays.errors.append(f"PATCH {response.status_code}")
@@ -130,6 +135,7 @@ class EventProbe:
                 try:
                     arrived = await asyncio.wait_for(arrivals[user].get(), 5)
                     self.delays.seconds.append(arrived - sent)
+                    self.delays.after_answer.append(arrived - answered)
                 except TimeoutError:
                     self.delays.missed += 1
                 await asyncio.sleep(max(0.0, sent + PROBE_INTERVAL_S - time.monotonic()))
