@@ -21,8 +21,9 @@ from app.services import tasks as service
 from tests.support import assert_problem, auth, new_user
 from tests.support.apps import http_client, make_settings, running_app
 
-# One second, in days: tombstones expire during a test.
-ONE_SECOND = 1 / 86_400
+# Half a second, in days: tombstones expire during a test.
+RETENTION_S = 0.5
+SHORT_RETENTION_DAYS = RETENTION_S / 86_400
 
 
 async def create(client: httpx.AsyncClient, headers: dict[str, str], title: str = "a task") -> dict[str, Any]:
@@ -254,8 +255,8 @@ async def test_changes_cursor_ahead_of_the_database_is_410(client: httpx.AsyncCl
 
 @pytest.fixture
 async def short_retention(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with tombstones kept for one second."""
-    settings = make_settings(database_url, SYNC_TOMBSTONE_DAYS=ONE_SECOND)
+    """The app with tombstones kept for half a second."""
+    settings = make_settings(database_url, SYNC_TOMBSTONE_DAYS=SHORT_RETENTION_DAYS)
     async with running_app(settings) as app, http_client(app) as client:
         yield client
 
@@ -268,7 +269,7 @@ async def test_changes_cursor_older_than_the_retention_is_410(short_retention: h
     # Before the retention has passed the delete is still reported.
     recent = await changes(client, headers, old)
     assert [c["op"] for c in recent["changes"]] == ["delete"]
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(RETENTION_S + 0.1)
     # The owner's next write purges the expired tombstone; cursors from before it are gone.
     await create(client, headers, "purges")
     body = assert_problem(await client.get("/api/tasks/changes", params={"since": old}, headers=headers), 410)
@@ -285,7 +286,7 @@ async def test_changes_without_deletes_old_cursors_stay_valid(short_retention: h
     client, headers = short_retention, auth(new_user())
     task = await create(client, headers)
     old = (await changes(client, headers))["cursor"]
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(RETENTION_S + 0.1)
     await client.patch(f"/api/tasks/{task['id']}", json={"title": "later"}, headers=headers)
     assert [c["task"]["title"] for c in (await changes(client, headers, old))["changes"]] == ["later"]
 

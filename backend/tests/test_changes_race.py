@@ -173,7 +173,7 @@ async def test_changes_race_reader_misses_nothing(ordered_servers: list[APIServe
         started = time.monotonic()
         outcome = await race(ordered_servers, number)
         report(f"{backend}, per-owner lock", number, outcome, time.monotonic() - started)
-        assert outcome.writes > 50, "the writers barely ran: the round proves little"
+        assert outcome.writes > 30, "the writers barely ran: the round proves little"
         assert outcome.skipped == 0, outcome
 
 
