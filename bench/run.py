@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from taskbench import db
@@ -21,14 +22,16 @@ from taskbench.config import (
     RESULTS_DIR,
     Settings,
 )
-from taskbench.report import BASELINE, OURS, BenchRun, Memory, Soak, render
+from taskbench.report import BASELINE, OURS, BenchRun, Memory, Soak, SyncRun, render
 from taskbench.server import RssSampler, Server
 from taskbench.smoke import smoke_check
+from taskbench.sync import EventProbe, head_cursors
 from taskbench.workload import (
     MAIN_PROFILES,
     MCP_PROFILES,
     MIXED,
     SCALE_PROFILES,
+    SYNC_PROFILES,
     Profile,
     Workload,
     build_workload,
@@ -130,6 +133,26 @@ def run_soak(bench: BenchRun, server: Server, load: Load, workload: Workload) ->
     bench.soak = Soak(settings.soak, list(start.values()), list(end.values()), result)
 
 
+def run_sync(bench: BenchRun, server: Server, load: Load, workload: Workload, data_file: Path) -> None:
+    """Ours only: the feed polled with nothing new (next to a GET by id), and the event delay, idle
+    and under the mixed load (taskbench/sync.py)."""
+    settings = bench.settings
+    with server:
+        smoke_check(server.url, workload)
+        db.reset(settings.database_url)
+        write_lua_data(workload, data_file, head_cursors(server.url, workload))
+        sync_load = Load(load.wrk, load.threads, load.connections, data_file)
+        runs = {profile.name: measure(sync_load, server, profile, settings) for profile in SYNC_PROFILES}
+        with EventProbe(server.url, workload) as idle:
+            time.sleep(min(settings.duration, 5))
+        log(f"  events, idle: {idle.delays.summary()}")
+        with EventProbe(server.url, workload) as loaded:
+            mixed = measure(sync_load, server, MIXED, settings)
+        log(f"  events, under mixed load: {loaded.delays.summary()}")
+    db.reset(settings.database_url)
+    bench.sync = SyncRun(runs=runs, idle=idle.delays, loaded=loaded.delays, mixed=mixed)
+
+
 def prepare_database(settings: Settings, secret: str) -> tuple[str, db.Fixtures]:
     url = settings.database_url
     db.ensure_database(url)
@@ -176,6 +199,9 @@ def main() -> int:
                 # The baseline has no MCP endpoint: the agent profiles run on ours only.
                 agent = MCP_PROFILES if name == OURS and not ours_is_baseline else []
                 run_session(bench, server(name, f"r{round_no}"), profiles + agent, load, workload)
+        if not ours_is_baseline:
+            log("sync: the change feed and live events (ours only)")
+            run_sync(bench, server(OURS, "sync"), load, workload, Path(tmp) / "sync.lua")
         if settings.soak > 0:
             run_soak(bench, server(OURS, "soak"), load, workload)
     bench.plans = db.explain_list_queries(settings.database_url)

@@ -115,6 +115,16 @@ class Settings(DatabaseSettings):
     # GET /metrics in Prometheus' text format; with METRICS_TOKEN set it needs that bearer token.
     METRICS_ENABLED: bool = False
     METRICS_TOKEN: SecretStr | None = None
+    # Change feed and live events (README "Keeping clients in sync"): days a delete stays reportable
+    # (older cursors get 410); open event streams per user and worker process (the next is 429);
+    # seconds between keepalive comments on an idle stream.
+    SYNC_TOMBSTONE_DAYS: float = Field(default=30, gt=0, le=3650)
+    SYNC_MAX_STREAMS_PER_USER: int = Field(default=5, ge=1, le=1000)
+    SYNC_KEEPALIVE_S: float = Field(default=15, gt=0, le=15)
+    # Only for tests/test_changes_race.py, which shows the feed then skips changes: false numbers
+    # changes as a database sequence would, outside the writing transaction (app/services/changes.py).
+    # Never set it.
+    SYNC_ORDERED_COMMITS: bool = True
 
     @field_validator("CORS_ORIGINS", "JWT_ALGORITHMS", mode="before")
     @classmethod

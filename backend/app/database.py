@@ -9,6 +9,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar, Token
 from pathlib import Path
 from types import TracebackType
 from typing import Annotated, Any
@@ -23,6 +24,20 @@ from app.dburl import connection_failure, engine_spec
 from app.errors import QueryTimeout, TooManyRequests
 
 logger = logging.getLogger("app.database")
+
+# What to run once the transaction that Database.transaction opened in this task has committed.
+_after_commit: ContextVar[list[Callable[[], None]] | None] = ContextVar("after_commit", default=None)
+
+
+def after_commit(callback: Callable[[], None]) -> None:
+    """Run `callback` once the current `Database.transaction` has committed; never if it rolls back.
+
+    Outside such a transaction the callback is dropped: what it does must be an optimisation only
+    (the change feed's in-process announcement is; LISTEN/NOTIFY and polling do not depend on it).
+    """
+    callbacks = _after_commit.get()
+    if callbacks is not None:
+        callbacks.append(callback)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
@@ -117,7 +132,7 @@ class Database:
         """A connection in a transaction for `owner`'s request (`async with`): commits when the block
         ends, rolls back if it raised.
         """
-        return _Use(self, owner, self.engine.begin, self._set_local_timeout)
+        return _Use(self, owner, self.engine.begin, self._set_local_timeout, transactional=True)
 
     def reader(self, owner: str) -> _Use:
         """A connection for `owner`'s reads (`async with`), each statement committed on its own.
@@ -126,7 +141,7 @@ class Database:
         """
         if self._set_local_timeout is not None:
             return self.transaction(owner)
-        return _Use(self, owner, self.read_engine.connect, None)
+        return _Use(self, owner, self.read_engine.connect, None, transactional=False)
 
     async def ping(self) -> None:
         """Raise if the database cannot answer `SELECT 1` in time."""
@@ -177,7 +192,17 @@ class _Use:
     class rather than a generator-based context manager: this runs on every request.
     """
 
-    __slots__ = ("_connection", "_context", "_db", "_open", "_owner", "_owner_slots", "_set_local")
+    __slots__ = (
+        "_after_commit",
+        "_after_commit_token",
+        "_connection",
+        "_context",
+        "_db",
+        "_open",
+        "_owner",
+        "_owner_slots",
+        "_set_local",
+    )
 
     def __init__(
         self,
@@ -185,11 +210,16 @@ class _Use:
         owner: str,
         open_connection: Callable[[], AbstractAsyncContextManager[AsyncConnection]],
         set_local: TextClause | None,
+        *,
+        transactional: bool,
     ) -> None:
         self._db = db
         self._owner = owner
         self._open = open_connection
         self._set_local = set_local
+        # A transaction collects what to run once it has committed (`after_commit`).
+        self._after_commit: list[Callable[[], None]] | None = [] if transactional else None
+        self._after_commit_token: Token[list[Callable[[], None]] | None] | None = None
 
     async def __aenter__(self) -> AsyncConnection:
         db, owner = self._db, self._owner
@@ -220,6 +250,8 @@ class _Use:
                         except BaseException as exc:
                             await self._context.__aexit__(type(exc), exc, exc.__traceback__)
                             raise
+                    if self._after_commit is not None:
+                        self._after_commit_token = _after_commit.set(self._after_commit)
                     return self._connection
                 except BaseException:
                     db.in_use -= 1
@@ -244,7 +276,11 @@ class _Use:
                 translated = _translated(exc)
                 if translated is not exc:
                     raise translated from None
+            if exc is None and self._after_commit:
+                _run_after_commit(self._after_commit)
         finally:
+            if self._after_commit_token is not None:
+                _after_commit.reset(self._after_commit_token)
             self._db.in_use -= 1
             self._db._slots.release()
             self._owner_slots.semaphore.release()
@@ -255,6 +291,15 @@ class _Use:
         slots.users -= 1
         if slots.users == 0:
             del self._db._owners[self._owner]
+
+
+def _run_after_commit(callbacks: list[Callable[[], None]]) -> None:
+    # Committed. The answer must not depend on these: a failing one is logged, never raised.
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception as exc:
+            logger.error("after-commit callback failed: %s", type(exc).__name__, exc_info=exc)
 
 
 def _translated(error: SQLAlchemyError) -> BaseException:

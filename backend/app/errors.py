@@ -118,6 +118,18 @@ class RateLimited(TooManyRequests):
         self.headers.update({"RateLimit-Policy": policy, "RateLimit": limit})
 
 
+class InvalidCursor(Problem, status=422):
+    """The cursor is not one this API issued to you (garbled, truncated or another user's); leave it out to resync."""
+
+
+class CursorExpired(Problem, status=410):
+    """The cursor is older than the tombstone retention: discard your copy and resync from scratch (omit `since`)."""
+
+
+class TooManyStreams(TooManyRequests):
+    """You have as many event streams open as allowed (SYNC_MAX_STREAMS_PER_USER); close one first."""
+
+
 class QueryTimeout(Problem, status=422):
     """The query took longer than the server allows (DB_STATEMENT_TIMEOUT_MS); narrow it (e.g. a longer `q`)."""
 

@@ -13,7 +13,10 @@ quadratic CPU and unbounded memory. This subclass counts the bytes it feeds the 
   response was sent is dropped once it stalls for `HTTP_READ_TIMEOUT_S`. A stalled body the app is
   waiting for is a 408 from the app's middleware (middleware.py), so it is logged like any response;
 - uvicorn's text/plain answers (the `limit_concurrency` 503, the 400 for unparsable HTTP) become
-  problem+json.
+  problem+json;
+- a graceful shutdown ends long-lived responses (the live events stream,
+  STOP_ON_SHUTDOWN) instead of waiting for them until the shutdown's time limit. No read deadline
+  applies while a response streams: the request was complete before it began.
 
 h11 has a size limit built in (`h11_max_incomplete_event_size`) but is pure Python and measurably
 slower; the README's "Limits" section has the numbers. Keep this module in step with the pinned
@@ -38,6 +41,11 @@ from app.errors import PROBLEM_JSON, RETRY_AFTER_SECONDS
 
 # Sent on every response that never reaches the app (the app's middleware adds them to the rest).
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]
+
+# A long-lived response (the live events stream) puts a callable here in its ASGI scope that ends
+# it; the server calls it when a graceful shutdown begins, so the stream does not hold the shutdown
+# up until its time limit.
+STOP_ON_SHUTDOWN = "app.stop_on_shutdown"
 
 
 def _problem(status: int, detail: str) -> bytes:
@@ -116,6 +124,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """Stop the read timer with the connection."""
         self._cancel_read_timer()
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """A graceful shutdown begins: end a long-lived response (an event stream), let others finish."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            stop = self.cycle.scope.get(STOP_ON_SHUTDOWN)
+            if callable(stop):
+                stop()
+        super().shutdown()
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser, at most MAX_HEADER_BYTES of a request head."""

@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -21,6 +22,7 @@ from app.database import Database, create_engine
 from app.dburl import engine_spec
 from app.docs import DOCS_PATHS, install_docs
 from app.errors import install_error_handlers
+from app.events import ChangeEvents, listen_url
 from app.jsonguard import JSONShapeMiddleware
 from app.logging import configure_logging
 from app.mcp import MCP_PATH, METADATA_PATH, create_mcp_endpoint, protected_resource_metadata
@@ -28,7 +30,8 @@ from app.metrics import Metrics, install_metrics_route
 from app.middleware import ProblemCORSMiddleware, RequestContextMiddleware
 from app.openapi import install_openapi
 from app.ratelimit import RateLimiter
-from app.routers import health, tasks
+from app.routers import changes, health, tasks
+from app.services import changes as change_log
 
 logger = logging.getLogger("app")
 
@@ -75,6 +78,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             wait_timeout=settings.DB_CONNECT_TIMEOUT,
             ping_timeout=settings.DB_CONNECT_TIMEOUT + 1,
         )
+        direct_url = settings.DATABASE_URL_DIRECT.get_secret_value() if settings.DATABASE_URL_DIRECT else None
+        events = ChangeEvents(
+            max_streams_per_owner=settings.SYNC_MAX_STREAMS_PER_USER,
+            keepalive=settings.SYNC_KEEPALIVE_S,
+            listen_url=listen_url(database_url, direct_url),
+            read_heads=lambda owners: _read_heads(database, owners),
+            connect_timeout=settings.DB_CONNECT_TIMEOUT,
+        )
+        if spec.behind_pooler and direct_url is None:
+            logger.warning(
+                "live events: DATABASE_URL is a pooler, which cannot LISTEN; other processes' writes reach "
+                "event streams by polling every %.1f s. Set DATABASE_URL_DIRECT for LISTEN/NOTIFY.",
+                events.poll_interval,
+            )
+        change_log.install(
+            engine,
+            change_log.SyncPolicy(
+                retention=timedelta(days=settings.SYNC_TOMBSTONE_DAYS),
+                ordered=settings.SYNC_ORDERED_COMMITS,
+                announce=events.publish,
+            ),
+        )
+        events.start()
+        app.state.events = events
         jwks = None
         if settings.JWT_JWKS_URL:
             jwks = JWKSClient(
@@ -102,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await task
             if rate_limiter is not None:
                 await rate_limiter.aclose()
+            await events.aclose()
             if jwks is not None:
                 await jwks.aclose()
             await database.dispose()
@@ -116,6 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(health.router)
+    # Before the tasks router: /api/tasks/{task_id} would otherwise take /api/tasks/changes.
+    app.include_router(changes.router)
     app.include_router(tasks.router)
     # Exactly /mcp (no redirect to /mcp/), outside the OpenAPI document: tools/list describes the
     # tools (contracts/mcp-tools.json). POST only: a stateless server never sends anything on a GET
@@ -134,7 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ProblemCORSMiddleware,
         allow_origins=settings.CORS_ORIGINS,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-        allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID"],
+        allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID", "Last-Event-ID"],
         expose_headers=[
             "ETag",
             "Location",
@@ -158,6 +188,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_openapi(app)
     return app
+
+
+async def _read_heads(database: Database, owners: list[str]) -> dict[str, int]:
+    # For live events without LISTEN (app/events.py): outside any user's slots, like /health.
+    async with database.engine.connect() as connection:
+        return await change_log.heads(connection, owners)
 
 
 def _app_from_environment() -> FastAPI:

@@ -101,14 +101,19 @@ class RequestContextMiddleware:
             # exchange, a done-callback run late) there is nothing left to save.
             if answered or done.cancelled() or done.exception() is not None:
                 return
-            if done.result()["type"] == "http.disconnect":
-                disconnected = True
-                task.cancel()
+            disconnected = True
+            task.cancel()
+
+        async def disconnect() -> Message:
+            # After the body only the disconnect matters (a client may still send empty body chunks).
+            while (message := await receive())["type"] != "http.disconnect":
+                pass
+            return message
 
         def watch() -> None:
             nonlocal watcher
             if watcher is None:
-                watcher = asyncio.ensure_future(receive())
+                watcher = asyncio.ensure_future(disconnect())
                 watcher.add_done_callback(on_message)
 
         def body_read() -> None:
@@ -165,7 +170,8 @@ class RequestContextMiddleware:
         if not any(name in _BODY_HEADERS for name, _ in scope["headers"]):
             # No body (a GET): the handler may never read one, so read its empty message now.
             pending = await receive()
-            body_read()
+            if not pending.get("more_body", False):
+                body_read()
         try:
             await self.app(scope, limited_receive, send_with_id)
         except asyncio.CancelledError:

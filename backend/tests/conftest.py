@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from tests.support.apps import (
+    DIRECT_URLS,
     IN_CI,
     PG_ADMIN_URL,
     TEST_THROUGH_POOLER,
@@ -55,6 +56,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
 
         with pooler_running(required=True) as pooler:
             async with pooled_database(pooler, PG_ADMIN_URL) as pooled:
+                DIRECT_URLS[pooled.url] = pooled.direct_url
                 yield pooled.url
         return
     async with postgres_database() as url:
@@ -65,6 +67,12 @@ async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
 def backend(database_url: str) -> str:
     """`sqlite` or `postgresql`, for tests that behave differently per database."""
     return "sqlite" if database_url.startswith("sqlite") else "postgresql"
+
+
+@pytest.fixture(scope="session")
+def direct_database_url(database_url: str) -> str | None:
+    """The session database's direct URL when `database_url` goes through the pooler (else None)."""
+    return DIRECT_URLS.get(database_url)
 
 
 @pytest.fixture(scope="session")

@@ -77,6 +77,8 @@ def test_declare_operation_ids_for_every_route(document: dict[str, Any]) -> None
         ("put", "/api/tasks/{task_id}"): "replaceTask",
         ("patch", "/api/tasks/{task_id}"): "updateTask",
         ("delete", "/api/tasks/{task_id}"): "deleteTask",
+        ("get", "/api/tasks/changes"): "listTaskChanges",
+        ("get", "/api/tasks/events"): "streamTaskEvents",
     }
 
 
@@ -92,8 +94,8 @@ def test_declare_errors_as_problem_json(document: dict[str, Any]) -> None:
             assert list(response["content"]) == [PROBLEM_JSON], (method, path, code)
             problem, invalid = ({"$ref": f"#/components/schemas/{name}"} for name in PROBLEM_SCHEMAS)
             expected: dict[str, Any] = invalid if code == "422" else problem
-            if code == "422" and operation["operationId"] in ("createTask", "listTasks"):
-                # ... or a reused Idempotency-Key / a search over the time limit: no `errors`
+            if code == "422" and operation["operationId"] in ("createTask", "listTasks", "listTaskChanges"):
+                # ... or a reused Idempotency-Key / a search over the time limit / a bad cursor: no `errors`
                 expected = {"anyOf": [invalid, problem]}
             assert response["content"][PROBLEM_JSON]["schema"] == expected, (method, path, code)
             if code == "401":
@@ -113,6 +115,8 @@ def test_declare_error_codes_per_route(document: dict[str, Any]) -> None:
     assert codes[("put", item)] == write
     assert codes[("patch", item)] == write
     assert codes[("delete", item)] == {"204", "401", "403", "404", "412", "422", "429", "503", "default"}
+    assert codes[("get", "/api/tasks/changes")] == {"200", "401", "410", "422", "429", "503", "default"}
+    assert codes[("get", "/api/tasks/events")] == {"200", "401", "422", "429", "503", "default"}
 
 
 def test_declare_success_bodies_and_headers(document: dict[str, Any]) -> None:
@@ -123,6 +127,12 @@ def test_declare_success_bodies_and_headers(document: dict[str, Any]) -> None:
     for method in ("get", "put", "patch"):
         assert "ETag" in paths["/api/tasks/{task_id}"][method]["responses"]["200"]["headers"]
     assert "content" not in paths["/api/tasks/{task_id}"]["delete"]["responses"]["204"]
+    changes = paths["/api/tasks/changes"]["get"]["responses"]["200"]
+    assert changes["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/TaskChanges"}
+    # The live events are a stream, documented as such (not as JSON).
+    events = paths["/api/tasks/events"]["get"]
+    assert list(events["responses"]["200"]["content"]) == ["text/event-stream"]
+    assert [p["name"] for p in events["parameters"]] == ["Last-Event-ID"]
     headers = document["components"]["headers"]
     assert headers["ETag"]["schema"]["pattern"] == '^"[0-9]+"$'
     assert headers["Retry-After"]["schema"]["type"] == "integer"
@@ -154,7 +164,13 @@ def test_declare_schema_formats_limits_and_enums(document: dict[str, Any]) -> No
     assert (params["limit"]["minimum"], params["limit"]["maximum"], params["limit"]["default"]) == (1, 100, 50)
     assert params["q"]["maxLength"] == 200
     assert params["sort"]["$ref"] == "#/components/schemas/TaskSort"
-    for name in ("TaskCreate", "TaskPatch", "TaskRead", "TaskPage", "ValidationProblemDetail"):
+    feed = {p["name"]: p["schema"] for p in document["paths"]["/api/tasks/changes"]["get"]["parameters"]}
+    assert (feed["limit"]["minimum"], feed["limit"]["maximum"], feed["limit"]["default"]) == (1, 1000, 500)
+    change = schemas["TaskChanges"]["properties"]["changes"]["items"]
+    assert change["discriminator"]["propertyName"] == "op"
+    assert set(schemas["TaskUpsert"]["required"]) == {"op", "task", "etag"}
+    assert set(schemas["TaskDeletion"]["required"]) == {"op", "id", "deleted_at"}
+    for name in ("TaskCreate", "TaskPatch", "TaskRead", "TaskPage", "TaskChanges", "ValidationProblemDetail"):
         assert schemas[name]["examples"], name
 
 

@@ -33,6 +33,14 @@ STATUSES = frozenset({"pending", "in_progress", "completed"})
 PRIORITIES = frozenset({"low", "medium", "high"})
 WRITABLE = frozenset({"title", "description", "status", "priority", "due_date"})
 MAX_LIMIT = 100
+# Every write first takes the owner's next change number, as the app does (the row lock orders one
+# owner's writers; pg_notify wakes the live event streams at commit): the same SQL, so the comparison
+# stays about the framework.
+STAMP_SQL = (
+    "INSERT INTO change_counters (user_id, seq, purged_seq) VALUES ($1, 1, 0) "
+    "ON CONFLICT (user_id) DO UPDATE SET seq = change_counters.seq + 1 "
+    "RETURNING seq, pg_notify('task_changes', concat(seq, ' ', user_id))"
+)
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -254,40 +262,56 @@ class App:
     async def create_task(self, user: str, body: object) -> bytes:
         values = validate_fields(body, partial=False)
         now = datetime.now(UTC)
-        row = await self.pool.fetchrow(
-            "INSERT INTO tasks (id, user_id, title, description, status, priority, "
-            "due_date, created_at, updated_at, version) "
-            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, 1) RETURNING {COLUMNS}",
-            uuid.uuid4(),
-            user,
-            values["title"],
-            values.get("description"),
-            values.get("status", "pending"),
-            values.get("priority", "medium"),
-            values.get("due_date"),
-            now,
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            seq = await conn.fetchval(STAMP_SQL, user)
+            row = await conn.fetchrow(
+                "INSERT INTO tasks (id, user_id, title, description, status, priority, "
+                "due_date, created_at, updated_at, version, seq) "
+                f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, 1, $9) RETURNING {COLUMNS}",
+                uuid.uuid4(),
+                user,
+                values["title"],
+                values.get("description"),
+                values.get("status", "pending"),
+                values.get("priority", "medium"),
+                values.get("due_date"),
+                now,
+                seq,
+            )
         return dumps(dict(row))
 
     async def patch_task(self, user: str, task_id: str, body: object) -> bytes:
         values = validate_fields(body, partial=True)
         # Column names come from the WRITABLE allow-list, never from the client.
-        sets = [f"{column} = ${i}" for i, column in enumerate(values, start=3)]
-        sets += ["version = version + 1", "updated_at = now()"]
-        row = await self.pool.fetchrow(
-            f"UPDATE tasks SET {', '.join(sets)} WHERE id = $1 AND user_id = $2 RETURNING {COLUMNS}",
-            task_id,
-            user,
-            *values.values(),
-        )
-        if row is None:
-            raise HTTPError(404, "Task not found")
+        sets = [f"{column} = ${i}" for i, column in enumerate(values, start=4)]
+        sets += ["version = version + 1", "updated_at = now()", "seq = $3"]
+        async with self.pool.acquire() as conn, conn.transaction():
+            seq = await conn.fetchval(STAMP_SQL, user)
+            row = await conn.fetchrow(
+                f"UPDATE tasks SET {', '.join(sets)} WHERE id = $1 AND user_id = $2 RETURNING {COLUMNS}",
+                task_id,
+                user,
+                seq,
+                *values.values(),
+            )
+            if row is None:
+                raise HTTPError(404, "Task not found")
         return dumps(dict(row))
 
     async def delete_task(self, user: str, task_id: str) -> bytes:
-        result = await self.pool.execute("DELETE FROM tasks WHERE id = $1 AND user_id = $2", task_id, user)
-        if result == "DELETE 0":
-            raise HTTPError(404, "Task not found")
+        async with self.pool.acquire() as conn, conn.transaction():
+            seq = await conn.fetchval(STAMP_SQL, user)
+            deleted = await conn.fetchval(
+                "DELETE FROM tasks WHERE id = $1 AND user_id = $2 RETURNING id", task_id, user
+            )
+            if deleted is None:
+                raise HTTPError(404, "Task not found")
+            await conn.execute(
+                "INSERT INTO task_tombstones (id, user_id, seq, deleted_at) VALUES ($1, $2, $3, now())",
+                deleted,
+                user,
+                seq,
+            )
         return b""
 
 

@@ -91,6 +91,12 @@ local function mcp_find_legacy()
   return wrk.format("POST", "/mcp", mcp_legacy_headers[math.random(#mcp_legacy_headers)], MCP_FIND_LEGACY)
 end
 
+-- The change feed polled with the user's current cursor: nothing new (data.cursors, one per token).
+local function changes_idle()
+  local i = math.random(#data.cursors)
+  return wrk.format("GET", "/api/tasks/changes?since=" .. data.cursors[i], headers[i])
+end
+
 local function mixed()
   -- 70% reads (35 list, 35 get) / 30% writes (15 create, 15 patch)
   local r = math.random(100)
@@ -108,6 +114,7 @@ local builders = {
   mixed = mixed,
   mcp_find = mcp_find,
   mcp_find_legacy = mcp_find_legacy,
+  changes = changes_idle,
   list_big = function() return list_req(big, "") end,
   list_small = function() return list_req(small, "") end,
   list_big_completed = function() return list_req(big, "&status=completed") end,

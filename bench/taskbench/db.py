@@ -34,7 +34,7 @@ STATUSES = ("pending", "in_progress", "completed")
 PRIORITIES = ("low", "medium", "high")
 COPY_COLUMNS = [
     "id", "title", "description", "status", "priority", "due_date",
-    "user_id", "created_at", "updated_at", "version",
+    "user_id", "created_at", "updated_at", "version", "seq",
 ]  # fmt: skip
 
 # Used only until backend/ has migrations; switch is in ensure_schema().
@@ -51,7 +51,20 @@ CREATE TABLE tasks (
     due_date TIMESTAMPTZ NULL,
     created_at TIMESTAMPTZ NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL,
-    version INTEGER NOT NULL DEFAULT 1
+    version INTEGER NOT NULL DEFAULT 1,
+    seq BIGINT NOT NULL
+);
+CREATE TABLE change_counters (
+    user_id VARCHAR(255) PRIMARY KEY,
+    seq BIGINT NOT NULL,
+    purged_seq BIGINT NOT NULL DEFAULT 0,
+    purge_due_at TIMESTAMPTZ NULL
+);
+CREATE TABLE task_tombstones (
+    id UUID PRIMARY KEY,
+    user_id VARCHAR(255) NOT NULL,
+    seq BIGINT NOT NULL,
+    deleted_at TIMESTAMPTZ NOT NULL
 );
 CREATE INDEX ix_tasks_user_id_created_at ON tasks (user_id, created_at, id);
 CREATE INDEX ix_tasks_user_id_updated_at ON tasks (user_id, updated_at, id);
@@ -146,6 +159,7 @@ def _seed_rows(rng: random.Random) -> Iterator[tuple[Any, ...]]:
                 created,
                 created,
                 1,
+                i + 1,  # the user's change number (backend/app/services/changes.py)
             )
 
     base = datetime(2024, 1, 1, tzinfo=UTC)
@@ -170,8 +184,14 @@ async def _ensure_seeded(url: str) -> bool:
         if await conn.fetchval("SELECT count(*) FROM tasks") == SEEDED_ROWS:
             return False
         await conn.execute("TRUNCATE tasks")
+        await conn.execute("TRUNCATE change_counters, task_tombstones")
         records = _seed_rows(random.Random(42))
         await conn.copy_records_to_table("tasks", records=records, columns=COPY_COLUMNS)
+        # Each user's change counter starts at their highest change number, as migration 0004 does.
+        await conn.execute(
+            "INSERT INTO change_counters (user_id, seq, purged_seq) "
+            "SELECT user_id, max(seq), 0 FROM tasks GROUP BY user_id"
+        )
         # VACUUM sets the visibility map so count(*) can use index-only scans.
         await conn.execute("VACUUM ANALYZE tasks")
         return True

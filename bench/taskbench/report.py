@@ -14,7 +14,8 @@ from statistics import median
 from typing import Any
 
 from taskbench.config import REPO_DIR, Settings
-from taskbench.workload import MAIN_PROFILES, MCP_PROFILES, SCALE_PROFILES, Profile
+from taskbench.sync import PROBE_INTERVAL_S, PROBE_USERS, Delays
+from taskbench.workload import MAIN_PROFILES, MCP_PROFILES, SCALE_PROFILES, SYNC_PROFILES, Profile
 from taskbench.wrk import WrkResult
 
 OURS, BASELINE = "ours", "baseline"
@@ -39,6 +40,16 @@ class Soak:
 
 
 @dataclass
+class SyncRun:
+    """Ours only: the feed's idle poll next to a GET by id, and event delays idle and under load."""
+
+    runs: dict[str, WrkResult]
+    idle: Delays
+    loaded: Delays
+    mixed: WrkResult
+
+
+@dataclass
 class BenchRun:
     settings: Settings
     ours_cmd: str
@@ -51,6 +62,7 @@ class BenchRun:
     memory: dict[str, Memory] = field(default_factory=dict)
     plans: dict[str, str] = field(default_factory=dict)
     soak: Soak | None = None
+    sync: SyncRun | None = None
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     # Other work on the box skews every number; record it so a noisy run shows.
     load_before: float = field(default_factory=lambda: os.getloadavg()[0])
@@ -69,6 +81,16 @@ class BenchRun:
             },
             "memory": {s: m.__dict__ for s, m in self.memory.items()},
             "soak": None if self.soak is None else {**self.soak.__dict__, "result": self.soak.result.to_json()},
+            "sync": None
+            if self.sync is None
+            else {
+                "runs": {name: r.to_json() for name, r in self.sync.runs.items()},
+                "event_delay_idle_s": self.sync.idle.seconds,
+                "event_delay_loaded_s": self.sync.loaded.seconds,
+                "event_after_answer_idle_s": self.sync.idle.after_answer,
+                "event_after_answer_loaded_s": self.sync.loaded.after_answer,
+                "mixed": self.sync.mixed.to_json(),
+            },
         }
 
 
@@ -167,6 +189,43 @@ def _scale_summary(run: BenchRun) -> list[str]:
     return lines
 
 
+def _delay_row(label: str, delays: Delays) -> str:
+    values = (median(delays.seconds), delays.percentile(0.99), max(delays.seconds), median(delays.after_answer))
+    ms = [f"{value * 1000:.0f}" for value in values]
+    return f"| {label} | {len(delays.seconds)} | {' | '.join(ms)} | {delays.missed} |"
+
+
+def _sync_section(sync: SyncRun) -> list[str]:
+    lines = [
+        "## Keeping clients in sync (ours only)",
+        "",
+        "| profile | req/s | p50 ms | p99 ms | non-2xx | socket errors |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for profile in SYNC_PROFILES:
+        r = sync.runs.get(profile.name)
+        if r is not None:
+            lines.append(
+                f"| {profile.label} | {r.rps:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | "
+                f"{r.non_2xx} | {r.socket_errors} |"
+            )
+    lines += [
+        "",
+        f"Event delay: {PROBE_USERS} users with one open `GET /api/tasks/events` stream each; every "
+        f"{PROBE_INTERVAL_S * 1000:.0f} ms one of them PATCHes a task; delay = from sending the PATCH to "
+        "its event arriving on the stream (an upper bound on the delay from the commit).",
+        "",
+        "| while | events | p50 ms | p99 ms | max ms | median ms after the PATCH's answer | missed (> 5 s) |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for label, delays in (("idle", sync.idle), (f"mixed load ({sync.mixed.rps:,.0f} req/s)", sync.loaded)):
+        if delays.seconds:
+            lines.append(_delay_row(label, delays))
+        else:
+            lines.append(f"| {label} | 0 | - | - | - | - | {delays.summary()} |")
+    return lines
+
+
 def render(run: BenchRun) -> str:
     s = run.settings
     uname = platform.uname()
@@ -220,6 +279,8 @@ def render(run: BenchRun) -> str:
             f"{k.result.socket_errors} | {_fmt_mib(k.rss_start_kib)} | "
             f"{_fmt_mib(k.rss_end_kib)} |",
         ]
+    if run.sync:
+        out += ["", *_sync_section(run.sync)]
     out += ["", "## EXPLAIN of the list queries (100,000-task user)", ""]
     for name, plan in run.plans.items():
         used = "uses an index" if "Index" in plan else "**NO INDEX USED**"

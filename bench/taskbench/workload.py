@@ -43,6 +43,13 @@ MCP_PROFILES = [
     Profile("mcp_find_legacy", "MCP find_tasks (limit 20), handshake-era request", writes=False),
 ]
 
+# Ours only (the baseline has no change feed): an incremental poll that finds nothing new, next to
+# the request it should cost about as much as.
+SYNC_PROFILES = [
+    Profile("get", "GET /api/tasks/{id}", writes=False),
+    Profile("changes", "GET /api/tasks/changes?since=<current cursor>", writes=False),
+]
+
 
 def make_secret() -> str:
     # 64 url-safe chars: well above the app's 32-byte minimum for HS256.
@@ -73,10 +80,11 @@ def build_workload(secret: str, fixtures: Fixtures) -> Workload:
     )
 
 
-def write_lua_data(workload: Workload, path: Path) -> None:
-    """A Lua chunk returning the tokens and (token index, task id) pairs."""
+def write_lua_data(workload: Workload, path: Path, cursors: list[str] | None = None) -> None:
+    """A Lua chunk returning the tokens, (token index, task id) pairs and each user's feed cursor."""
     # JSON string literals are valid Lua string literals for this ASCII data.
     tokens = ",\n".join(json.dumps(t) for t in workload.tokens)
+    cursor_list = ",\n".join(json.dumps(c) for c in cursors or [])
     # Lua arrays are 1-based.
     pairs = ",\n".join(f"{{{i + 1},{json.dumps(t)}}}" for i, t in workload.pairs)
     path.write_text(
@@ -85,5 +93,6 @@ def write_lua_data(workload: Workload, path: Path) -> None:
         f"pairs = {{\n{pairs}\n}},\n"
         f"big = {json.dumps(workload.big_token)},\n"
         f"small = {json.dumps(workload.small_token)},\n"
+        f"cursors = {{\n{cursor_list}\n}},\n"
         "}\n"
     )

@@ -60,6 +60,10 @@ class TokenVerifier:
 
     async def user_id(self, token: str) -> str:
         """The verified token's user id (`sub`, else `user_id`); raises Unauthorized otherwise."""
+        return (await self.identity(token))[0]
+
+    async def identity(self, token: str) -> tuple[str, float]:
+        """The verified token's user id and its expiry (`exp`, Unix time); raises Unauthorized otherwise."""
         cached = self._verified.get(token)
         if cached is not None:
             user_id, exp, kid = cached
@@ -67,7 +71,7 @@ class TokenVerifier:
             if time.time() < exp and (kid is None or await self._still_published(kid)):
                 if self._metrics is not None:
                     self._metrics.token_cache_hits.inc()
-                return user_id
+                return user_id, exp
             self._verified.pop(token, None)  # concurrent requests may have dropped it already
         if self._metrics is not None:
             self._metrics.token_cache_misses.inc()
@@ -85,7 +89,7 @@ class TokenVerifier:
         claims = self._decode(token, key, str(algorithm))
         user_id = _subject(claims)
         self._remember(token, user_id, claims["exp"], None if key is self._secret else header.get("kid"))
-        return user_id
+        return user_id, float(claims["exp"])
 
     def remembers(self, token: str) -> bool:
         """True if `token` is in the verified-token cache (checking it again costs no signature check)."""
@@ -189,13 +193,15 @@ class BearerUser(HTTPBearer):
             if limiter is not None and not verifier.remembers(token):
                 # An address over its failed-authentication budget gets no signature check.
                 limiter.refuse_blocked_address(request.scope)
-            user_id = await verifier.user_id(token)
+            user_id, expires_at = await verifier.identity(token)
         except Unauthorized:
             if limiter is not None:
                 await limiter.authentication_failed(request.scope)
             raise
         if limiter is not None:
             await limiter.charge_request(request.scope, user_id)
+        # Long-lived responses (the live events stream) end when the token does.
+        request.state.token_expires_at = expires_at
         return user_id
 
 

@@ -1,6 +1,7 @@
 """Database tables."""
 
+from app.models.changes import ChangeCounter, TaskTombstone
 from app.models.idempotency import IdempotencyKey
 from app.models.task import Task, TaskPriority, TaskStatus
 
-__all__ = ["IdempotencyKey", "Task", "TaskPriority", "TaskStatus"]
+__all__ = ["ChangeCounter", "IdempotencyKey", "Task", "TaskPriority", "TaskStatus", "TaskTombstone"]

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TypedDict
 
-from sqlalchemy import CheckConstraint, Column, Index, Integer, String, Text, Uuid
+from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Integer, String, Text, Uuid
 from sqlmodel import Field, SQLModel
 
 from app.columns import TITLE_MAX, USER_ID_MAX, UTCTimestamp, table_metadata
@@ -47,6 +47,8 @@ class Task(SQLModel, table=True):
         Index("ix_tasks_user_id_updated_at", "user_id", "updated_at", "id"),
         Index("ix_tasks_user_id_due_date", "user_id", "due_date", "id"),
         Index("ix_tasks_user_id_status_created_at", "user_id", "status", "created_at", "id"),
+        # The change feed reads an owner's tasks changed after a cursor (app/services/changes.py).
+        Index("ix_tasks_user_id_seq", "user_id", "seq"),
     )
 
     id: uuid.UUID = Field(sa_column=Column(Uuid(), primary_key=True))
@@ -65,6 +67,8 @@ class Task(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(UTCTimestamp(), nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCTimestamp(), nullable=False))
     version: int = Field(default=1, sa_column=Column(Integer(), nullable=False, server_default="1"))
+    # The owner's change number of the last write (app/services/changes.py); no default on purpose.
+    seq: int = Field(sa_column=Column(BigInteger(), nullable=False))
 
 
 # The public fields of a task, in the order the API shows them (everything but `version`).

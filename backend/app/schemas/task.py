@@ -265,6 +265,11 @@ def render_page(items: Sequence[TaskRow], *, total: int, limit: int, offset: int
     return _dumps({"items": items, "total": total, "limit": limit, "offset": offset})
 
 
+def render_json(value: Any) -> bytes:
+    """Any JSON value holding tasks (the change feed's pages), with tasks rendered as render_task does."""
+    return _dumps(value)
+
+
 def task_json(task: TaskRow) -> dict[str, Any]:
     """A task as the JSON value TaskRead describes (strings for ids and times), for non-HTTP doors."""
     value: dict[str, Any] = orjson.loads(render_task(task))

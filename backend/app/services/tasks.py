@@ -6,6 +6,10 @@ Statements are SQLAlchemy Core, built once per shape, on a plain connection; row
 dicts of the public fields (no ORM instances, no second validation of our own data on the hot
 path). Conditional writes check the version inside the UPDATE/DELETE statement itself, so
 concurrent writers holding the same ETag cannot both win.
+
+Every write first takes the owner's next change number (`changes.stamp`, whose row lock orders the
+owner's writers) and stamps it on the task, or on the tombstone a delete leaves: the change feed
+(app/services/changes.py) is written here, by the functions REST and the agent tools both call.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from sqlalchemy.sql.expression import Executable
 from app.errors import Forbidden, NotFound, PreconditionFailed
 from app.models.task import TASK_FIELDS, Task, TaskPriority, TaskRow
 from app.schemas.task import TaskCreate, TaskListQuery, TaskRead, TaskSort, render_task
+from app.services import changes as change_log
 from app.services import idempotency
 
 tasks = Task.__table__  # type: ignore[attr-defined]
@@ -130,6 +135,7 @@ async def create_task(
         if stored is not None:
             first = TaskRead.model_validate_json(stored.body).model_dump()
             return Created(VersionedTask(cast(TaskRow, first), stored.version), replayed=True)
+    seq = await change_log.stamp(conn, owner_id)
     now = _now()
     values = {
         **data.model_dump(),
@@ -138,6 +144,7 @@ async def create_task(
         "created_at": now,
         "updated_at": now,
         "version": 1,
+        "seq": seq,
     }
     created = _versioned((await conn.execute(_INSERT, values)).one())
     if idempotency_key is not None:
@@ -169,7 +176,8 @@ async def update_task(
             raise PreconditionFailed()
         return current
     params = {f"new_{name}": value for name, value in changes.items()}
-    params.update(task_id=task_id, owner_id=owner_id, now=_now(), versions=versions)
+    seq = await change_log.stamp(conn, owner_id)
+    params.update(task_id=task_id, owner_id=owner_id, now=_now(), versions=versions, seq=seq)
     stmt = _update_statement(tuple(sorted(changes)), conditional=versions is not None)
     row = (await conn.execute(stmt, params)).one_or_none()
     if row is None:
@@ -180,9 +188,12 @@ async def update_task(
 async def delete_task(conn: AsyncConnection, owner_id: str, task_id: uuid.UUID, if_match: Sequence[str] | None) -> None:
     """Delete the owner's task if its ETag matches `if_match` (None: unconditional)."""
     versions = _versions(if_match)
+    now = _now()
+    seq = await change_log.stamp(conn, owner_id, tombstone_at=now)
     params = {"task_id": task_id, "owner_id": owner_id, "versions": versions}
     if (await conn.execute(_delete_statement(conditional=versions is not None), params)).one_or_none() is None:
         raise await _miss(conn, owner_id, task_id, conditional=if_match is not None)
+    await change_log.bury(conn, owner_id, task_id, seq, now)
 
 
 async def list_tasks(conn: AsyncConnection, owner_id: str, query: TaskListQuery) -> TaskPage:
@@ -245,7 +256,7 @@ def _update_statement(fields: tuple[str, ...], *, conditional: bool) -> Executab
         update(tasks)
         .where(*_SCOPE, *([_VERSION_IN] if conditional else []))
         .values({name: bindparam(f"new_{name}") for name in fields})
-        .values(updated_at=bindparam("now"), version=c.version + 1)
+        .values(updated_at=bindparam("now"), version=c.version + 1, seq=bindparam("seq"))
         .returning(*_READ_COLUMNS)
     )
     return stmt

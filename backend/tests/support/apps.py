@@ -98,3 +98,5 @@ async def http_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 # TEST_DATABASE=pooler: the `postgresql` database_url goes through the local PgBouncer (see above).
 TEST_THROUGH_POOLER = os.environ.get("TEST_DATABASE", "").lower() == "pooler"
+# The direct (non-pooled) URL of each pooled test database: what DATABASE_URL_DIRECT is for it.
+DIRECT_URLS: dict[str, str] = {}
