@@ -90,23 +90,20 @@ class Metrics:
             ["method", "route"],
             registry=registry,
         )
-        self.db_in_use: Gauge = prom.Gauge(
-            "taskapi_db_pool_in_use",
-            "Database connections held by requests, summed over the worker processes.",
-            registry=registry,
-            multiprocess_mode="livesum",
+
+        def pool_gauge(name: str, documentation: str) -> Gauge:
+            # Summed over the live worker processes (a dead worker's value is dropped).
+            return prom.Gauge(name, documentation, registry=registry, multiprocess_mode="livesum")
+
+        self.db_in_use = pool_gauge(
+            "taskapi_db_pool_in_use", "Database connections held by requests, summed over the worker processes."
         )
-        self.db_waiting: Gauge = prom.Gauge(
-            "taskapi_db_pool_waiting",
-            "Requests waiting for a database connection, summed over the worker processes.",
-            registry=registry,
-            multiprocess_mode="livesum",
+        self.db_waiting = pool_gauge(
+            "taskapi_db_pool_waiting", "Requests waiting for a database connection, summed over the worker processes."
         )
-        self.db_capacity: Gauge = prom.Gauge(
+        self.db_capacity = pool_gauge(
             "taskapi_db_pool_capacity",
             "Database connections requests may hold (DB_POOL_SIZE + DB_MAX_OVERFLOW per worker process).",
-            registry=registry,
-            multiprocess_mode="livesum",
         )
         self.token_cache_hits: Counter = prom.Counter(
             "taskapi_token_cache_hits_total",

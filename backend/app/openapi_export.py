@@ -46,12 +46,17 @@ def render(document: dict[str, Any]) -> str:
     return HEADER + yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
 
 
+def write_contract(argv: list[str], default_path: Path, text: str) -> None:
+    """Write a generated contract to argv[0], or to `default_path` (the committed file)."""
+    path = Path(argv[0]) if argv else default_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
+
+
 def main(argv: list[str]) -> None:
     """Write the contract to argv[0], or to CONTRACT_PATH."""
-    path = Path(argv[0]) if argv else CONTRACT_PATH
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(contract()), encoding="utf-8")
-    print(f"wrote {path}")
+    write_contract(argv, CONTRACT_PATH, render(contract()))
 
 
 if __name__ == "__main__":

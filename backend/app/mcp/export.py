@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from app.config import REPO_ROOT
 from app.mcp import mcp_server
+from app.openapi_export import write_contract
 
 CONTRACT_PATH = REPO_ROOT / "specs" / "001-backend-core-api" / "contracts" / "mcp-tools.json"
 
@@ -38,10 +38,7 @@ def render(document: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> None:
     """Write the tools to argv[0], or to CONTRACT_PATH."""
-    path = Path(argv[0]) if argv else CONTRACT_PATH
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(contract()), encoding="utf-8")
-    print(f"wrote {path}")
+    write_contract(argv, CONTRACT_PATH, render(contract()))
 
 
 if __name__ == "__main__":
