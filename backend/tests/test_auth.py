@@ -490,6 +490,7 @@ async def test_list_with_hs384_configured_accepts_only_hs384(database_url: str) 
         assert_invalid_token(await client.get("/api/tasks", headers=bearer(hs256)), hs256)
 
 
+@pytest.mark.slow
 async def test_verified_token_cache_still_expires_at_exp(database_url: str) -> None:
     # The second call is answered from the verified-token cache; it must still honour `exp`.
     async with running_app(make_settings(database_url, JWT_LEEWAY=0)) as app, http_client(app) as client:

@@ -72,6 +72,7 @@ async def test_database_down_gives_503_then_recovers(database_url: str, backend:
         await proxy.close()
 
 
+@pytest.mark.slow
 async def test_health_survives_an_event_loop_stall(settings_factory: Callable[..., Settings]) -> None:
     # The ping times out after DB_CONNECT_TIMEOUT + 1 = 1.5 s; the loop is then blocked for longer
     # at every point of the ping in turn. The database answered all along: always 200.

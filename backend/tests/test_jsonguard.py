@@ -100,6 +100,7 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield api
 
 
+@pytest.mark.slow
 async def test_parallel_unknown_keys_bodies_leave_others_served(server: APIServer) -> None:
     assert server.process is not None
     body = unknown_keys_body()
