@@ -18,13 +18,12 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
 from tests.support import assert_problem, auth, bearer, hs256_token, new_user
-from tests.support.apps import IN_CI, TEST_THROUGH_POOLER, migrate
-from tests.support.pgcluster import PostgresCluster, cluster_support_problem
+from tests.support.apps import TEST_THROUGH_POOLER
+from tests.support.pgcluster import PostgresCluster, migrated_cluster
 from tests.support.servers import APIServer, api_servers
 from tests.support.sse import EventStreamClient, Frame
 
@@ -291,24 +290,8 @@ async def test_events_through_a_pooler_without_direct_url_are_polled(database_ur
 @pytest.fixture
 async def cluster() -> AsyncIterator[PostgresCluster]:
     """A private, running PostgreSQL cluster with a migrated `taskapi` database."""
-    problem = cluster_support_problem()
-    if problem is not None:
-        if IN_CI:
-            pytest.fail(f"cannot create a private PostgreSQL cluster and CI=true: {problem}")
-        pytest.skip(f"cannot create a private PostgreSQL cluster: {problem}")
-    cluster = PostgresCluster()
-    try:
-        await asyncio.to_thread(cluster.init)
-        await asyncio.to_thread(cluster.start)
-        admin = await asyncpg.connect(cluster.admin_url, timeout=10)
-        try:
-            await admin.execute("CREATE DATABASE taskapi")
-        finally:
-            await admin.close()
-        await asyncio.to_thread(migrate, cluster.url("taskapi"))
+    async with migrated_cluster() as cluster:
         yield cluster
-    finally:
-        await asyncio.to_thread(cluster.destroy)
 
 
 @pytest.mark.postgres_only

@@ -17,13 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
 from tests.support import assert_problem, auth, new_user
-from tests.support.apps import IN_CI, migrate
-from tests.support.pgcluster import PostgresCluster, cluster_support_problem
+from tests.support.pgcluster import PostgresCluster, migrated_cluster
 from tests.support.servers import APIServer
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.slow]
@@ -36,24 +34,8 @@ WAIT_TIMEOUT = 30.0  # any other wait for the writers
 @pytest.fixture
 async def cluster() -> AsyncIterator[PostgresCluster]:
     """A private, running PostgreSQL cluster with a migrated `taskapi` database."""
-    problem = cluster_support_problem()
-    if problem is not None:
-        if IN_CI:
-            pytest.fail(f"cannot create a private PostgreSQL cluster and CI=true: {problem}")
-        pytest.skip(f"cannot create a private PostgreSQL cluster: {problem}")
-    cluster = PostgresCluster()
-    try:
-        await asyncio.to_thread(cluster.init)
-        await asyncio.to_thread(cluster.start)
-        admin = await asyncpg.connect(cluster.admin_url, timeout=10)
-        try:
-            await admin.execute("CREATE DATABASE taskapi")
-        finally:
-            await admin.close()
-        await asyncio.to_thread(migrate, cluster.url("taskapi"))
+    async with migrated_cluster() as cluster:
         yield cluster
-    finally:
-        await asyncio.to_thread(cluster.destroy)
 
 
 @pytest.fixture

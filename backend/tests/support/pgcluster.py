@@ -7,6 +7,7 @@ user (`runuser -u postgres --`); as any other user they run directly.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob
 import os
@@ -15,9 +16,14 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 
+import asyncpg
+import pytest
+
+from tests.support.apps import IN_CI, migrate
 from tests.support.servers import free_port
 
 # The newest installed server's binaries, or TEST_PG_BIN.
@@ -138,3 +144,29 @@ class PostgresCluster:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.destroy()
+
+
+@contextlib.asynccontextmanager
+async def migrated_cluster() -> AsyncIterator[PostgresCluster]:
+    """A private, running PostgreSQL cluster with a migrated `taskapi` database, destroyed afterwards.
+
+    Skips the test when no cluster can be made here, except with CI=true, where that fails it.
+    """
+    problem = cluster_support_problem()
+    if problem is not None:
+        if IN_CI:
+            pytest.fail(f"cannot create a private PostgreSQL cluster and CI=true: {problem}")
+        pytest.skip(f"cannot create a private PostgreSQL cluster: {problem}")
+    cluster = PostgresCluster()
+    try:
+        await asyncio.to_thread(cluster.init)
+        await asyncio.to_thread(cluster.start)
+        admin = await asyncpg.connect(cluster.admin_url, timeout=10)
+        try:
+            await admin.execute("CREATE DATABASE taskapi")
+        finally:
+            await admin.close()
+        await asyncio.to_thread(migrate, cluster.url("taskapi"))
+        yield cluster
+    finally:
+        await asyncio.to_thread(cluster.destroy)
