@@ -20,8 +20,7 @@ import yaml
 from openapi_spec_validator import validate
 
 from app.openapi_export import CONTRACT_PATH, contract, render
-from tests.support.apps import IN_CI
-from tests.support.npm import npm_ci
+from tests.support.npm import node_with_packages
 
 TS_DIR = Path(__file__).resolve().parent / "contract" / "ts"
 
@@ -216,13 +215,7 @@ class TypeScriptTools:
 @pytest.fixture(scope="module")
 def typescript() -> TypeScriptTools:
     """The tools, installed when missing; without Node the tests skip, except in CI where they fail."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        if IN_CI:
-            pytest.fail("node/npm not found and CI=true: the TypeScript contract check must run in CI")
-        pytest.skip("node/npm not found")
-    npm_ci(TS_DIR)
-    return TypeScriptTools(node)
+    return TypeScriptTools(node_with_packages(TS_DIR, "the TypeScript contract check"))
 
 
 @pytest.mark.slow

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -32,8 +31,8 @@ from app.config import Settings
 from app.main import create_app
 from app.mcp.export import CONTRACT_PATH
 from tests.support import auth, bearer, hs256_token, new_user
-from tests.support.apps import IN_CI, http_client, running_app
-from tests.support.npm import npm_ci
+from tests.support.apps import http_client, running_app
+from tests.support.npm import node_with_packages
 from tests.support.servers import APIServer
 
 # A real server with two workers (and Node for the TypeScript client): left out of `make test-fast`.
@@ -624,13 +623,7 @@ async def test_rest_and_mcp_see_the_same_state_and_etags(server: APIServer, rest
 @pytest.fixture(scope="module")
 def node() -> str:
     """Node with the pinned @modelcontextprotocol/sdk installed (npm ci under the shared lock)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        if IN_CI:
-            pytest.fail("node/npm not found and CI=true: the TypeScript MCP client test must run in CI")
-        pytest.skip("node/npm not found")
-    npm_ci(TS_CLIENT_DIR)
-    return node
+    return node_with_packages(TS_CLIENT_DIR, "the TypeScript MCP client test")
 
 
 async def test_typescript_sdk_lists_tools_and_calls_them(server: APIServer, rest: httpx.AsyncClient, node: str) -> None:

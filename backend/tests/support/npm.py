@@ -9,6 +9,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
+
+from tests.support.apps import IN_CI
+
 
 def installed_as_pinned(directory: Path) -> bool:
     """True when node_modules holds exactly the versions package.json pins."""
@@ -39,3 +43,17 @@ def npm_ci(directory: Path) -> None:
             return
         args = [npm, "ci", "--no-audit", "--no-fund", "--prefer-offline", "--loglevel=error"]
         subprocess.run(args, cwd=directory, check=True, stdout=subprocess.DEVNULL, timeout=600)
+
+
+def node_with_packages(directory: Path, purpose: str) -> str:
+    """The `node` executable, with `directory`'s pinned packages installed.
+
+    Without Node the test skips, except with CI=true, where `purpose` must run and it fails.
+    """
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        if IN_CI:
+            pytest.fail(f"node/npm not found and CI=true: {purpose} must run in CI")
+        pytest.skip("node/npm not found")
+    npm_ci(directory)
+    return node
