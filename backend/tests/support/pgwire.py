@@ -117,7 +117,9 @@ async def wire_proxy(host: str, port: int) -> AsyncIterator[tuple[int, WireLog]]
 
     async def serve(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         server_reader, server_writer = await asyncio.open_connection(host, port)
-        upstream = asyncio.create_task(_client_to_server(client_reader, client_writer, server_writer, log, next(connections)))
+        upstream = asyncio.create_task(
+            _client_to_server(client_reader, client_writer, server_writer, log, next(connections))
+        )
         downstream = asyncio.create_task(_server_to_client(server_reader, client_writer))
         pumps.update((upstream, downstream))
         with contextlib.suppress(Exception):
