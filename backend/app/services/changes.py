@@ -12,6 +12,10 @@ therefore committed in order: once a reader sees the counter at N, every change 
 committed and visible to it. The feed reads the counter, the changed tasks and the tombstones in one
 statement (one snapshot), so a cursor never passes a change that the same read did not return.
 
+On PostgreSQL the increment and the write are usually one statement on an autocommit connection
+(`stamp_cte`, "writing in one statement" below): the statement is its own transaction, so the same
+holds, with the lock taken by the statement's first step and held until it commits.
+
 This holds on PostgreSQL (READ COMMITTED, any number of API processes, through a transaction-mode
 pooler: the lock lives in the transaction, not the session) and on SQLite (one writer at a time,
 holding the database's write lock from its first write until it commits). Its price: one owner's
@@ -31,9 +35,10 @@ start over. An owner who never writes again keeps their tombstones and their cur
 the number up to which it needs no tombstone (above the first while a snapshot is being paged), and
 a checksum over them and the owner, so a garbled cursor, or someone else's, is a 422.
 
-**Live events.** `stamp` also announces the new number: on PostgreSQL with `pg_notify` in the same
-statement (delivered to every listening API process when the transaction commits; app/events.py),
-and within this process once the transaction has committed (app.database.after_commit).
+**Live events.** `stamp` (and `stamp_cte`) also announces the new number: on PostgreSQL with
+`pg_notify` in the same statement (delivered to every listening API process when the transaction
+commits; app/events.py), and within this process once the transaction has committed
+(app.database.after_commit).
 """
 
 from __future__ import annotations

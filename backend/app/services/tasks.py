@@ -10,6 +10,8 @@ concurrent writers holding the same ETag cannot both win.
 Every write first takes the owner's next change number (`changes.stamp`, whose row lock orders the
 owner's writers) and stamps it on the task, or on the tombstone a delete leaves: the change feed
 (app/services/changes.py) is written here, by the functions REST and the agent tools both call.
+On PostgreSQL the stamp and the write are one statement (`changes.stamp_cte`): a create, an update
+or a delete is then one round trip on an autocommit connection (app.database.Database.writer).
 """
 
 from __future__ import annotations
