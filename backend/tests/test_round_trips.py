@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 
 from app.database import Database, create_engine
@@ -169,3 +171,35 @@ async def test_behind_a_pooler_a_write_keeps_its_transaction_and_time_limit(wire
     assert statements[1] == "SET LOCAL STATEMENT_TIMEOUT = 5000", statements
     assert "UPDATE TASKS" in statements[2], statements
     assert statements[3:] == ["COMMIT"], statements
+
+
+async def test_the_stamp_is_taken_before_any_task_row_is_read(wired: Wired) -> None:
+    # PostgreSQL's plan of the update and the delete: the scan of `tasks` sits under a One-Time
+    # Filter on the stamp's number, evaluated (running the stamp, taking the counter lock) first.
+    dialect = postgresql.asyncpg.dialect()  # type: ignore[attr-defined]
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {
+        "new_title": "x",
+        "task_id": uuid.uuid4(),
+        "owner_id": new_user(),
+        "now": now,
+        "due": None,
+    }
+    statements = (
+        # Unconditional (an If-Match adds a version test to the same shape).
+        service._stamped_update_statement(("title",), conditional=False),
+        service._stamped_delete_statement(conditional=False),
+    )
+    connection = await asyncpg.connect(wired.direct_url)
+    try:
+        for statement in statements:
+            compiled = statement.compile(dialect=dialect)
+            params = compiled.construct_params(values)
+            args = [params[name] for name in compiled.positiontup or ()]
+            plan = "\n".join(row[0] for row in await connection.fetch("EXPLAIN (COSTS OFF) " + compiled.string, *args))
+            gate = plan.index("One-Time Filter: ($")
+            assert "IS NOT NULL" in plan[gate : plan.index("\n", gate)], plan
+            # Below the gate: the scan of the written table.
+            assert " on tasks" in plan[gate:].split("\n", 2)[1], plan
+    finally:
+        await connection.close()
