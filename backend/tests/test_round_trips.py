@@ -24,6 +24,7 @@ import pytest
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import make_url
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from app.database import Database, create_engine
 from app.schemas.task import TaskCreate
@@ -199,8 +200,8 @@ async def test_the_stamp_is_taken_before_any_task_row_is_read(wired: Wired) -> N
     connection = await asyncpg.connect(wired.direct_url)
     try:
         for statement in statements:
-            compiled = cast(ClauseElement, statement).compile(dialect=dialect)
-            params = compiled.construct_params(values)
+            compiled = cast(SQLCompiler, cast(ClauseElement, statement).compile(dialect=dialect))
+            params = compiled.construct_params(values) or {}
             args = [params[name] for name in compiled.positiontup or ()]
             plan = "\n".join(row[0] for row in await connection.fetch("EXPLAIN (COSTS OFF) " + compiled.string, *args))
             gate = plan.index("One-Time Filter: ($")
