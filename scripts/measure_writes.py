@@ -17,12 +17,17 @@ import importlib.util
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 HERE = Path(__file__).resolve().parent.parent / "backend"
 
 
 def main() -> None:
+    """Parse the arguments and measure."""
     parser = argparse.ArgumentParser()
     parser.add_argument("backend", nargs="?", default=str(HERE))
     parser.add_argument("--patches", type=int, default=2000)
@@ -34,9 +39,10 @@ def main() -> None:
 
 
 async def measure(patches: int, show_sql: bool) -> None:
+    """Print the round trips of each write, then the median latency of `patches` PATCHes."""
     spec = importlib.util.spec_from_file_location("pgwire", HERE / "tests" / "support" / "pgwire.py")
     assert spec is not None and spec.loader is not None
-    pgwire = importlib.util.module_from_spec(spec)
+    pgwire: Any = importlib.util.module_from_spec(spec)
     sys.modules["pgwire"] = pgwire
     spec.loader.exec_module(pgwire)
     from sqlalchemy.engine import make_url
@@ -55,7 +61,7 @@ async def measure(patches: int, show_sql: bool) -> None:
                 for _ in range(40):
                     created = await client.post("/api/tasks", json={"title": "t"}, headers=headers)
                     ids.append((created.json()["id"], created.headers["ETag"]))
-                shapes = {
+                shapes: dict[str, Callable[[], Awaitable[httpx.Response]]] = {
                     "POST": lambda: client.post("/api/tasks", json={"title": "p"}, headers=headers),
                     "PUT": lambda: client.put(f"/api/tasks/{ids[0][0]}", json={"title": "r"}, headers=headers),
                     "PATCH": lambda: client.patch(f"/api/tasks/{ids[1][0]}", json={"title": "x"}, headers=headers),
