@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.config import Settings
 from tests.support import auth, new_user
-from tests.support.apps import http_client, running_app
+from tests.support.apps import http_client, make_settings, running_app
 
 WRITERS = 12
 WRITES_EACH = 30
@@ -28,19 +27,11 @@ SAME_ETAG = 12
 
 
 @pytest.fixture(scope="module")
-async def racing_app(settings_factory_module: Callable[..., Settings]) -> AsyncIterator[FastAPI]:
+async def racing_app(database_url: str) -> AsyncIterator[FastAPI]:
     """The app with room for many concurrent requests of one owner."""
-    settings = settings_factory_module(DB_POOL_SIZE=WRITERS + 2, DB_MAX_SLOTS_PER_USER=WRITERS + 2)
+    settings = make_settings(database_url, DB_POOL_SIZE=WRITERS + 2, DB_MAX_SLOTS_PER_USER=WRITERS + 2)
     async with running_app(settings) as application:
         yield application
-
-
-@pytest.fixture(scope="module")
-def settings_factory_module(database_url: str) -> Callable[..., Settings]:
-    """Settings on the session's database (module scope)."""
-    from tests.support.apps import make_settings
-
-    return lambda **overrides: make_settings(database_url, **overrides)
 
 
 @pytest.fixture
