@@ -61,13 +61,20 @@ async def measure(patches: int, show_sql: bool) -> None:
                 for _ in range(40):
                     created = await client.post("/api/tasks", json={"title": "t"}, headers=headers)
                     ids.append((created.json()["id"], created.headers["ETag"]))
+                etags = dict(ids)
+
+                async def conditional_patch(task_id: str) -> httpx.Response:
+                    response = await client.patch(
+                        f"/api/tasks/{task_id}", json={"title": "x"}, headers=headers | {"If-Match": etags[task_id]}
+                    )
+                    etags[task_id] = response.headers["ETag"]
+                    return response
+
                 shapes: dict[str, Callable[[], Awaitable[httpx.Response]]] = {
                     "POST": lambda: client.post("/api/tasks", json={"title": "p"}, headers=headers),
                     "PUT": lambda: client.put(f"/api/tasks/{ids[0][0]}", json={"title": "r"}, headers=headers),
                     "PATCH": lambda: client.patch(f"/api/tasks/{ids[1][0]}", json={"title": "x"}, headers=headers),
-                    "PATCH If-Match": lambda: client.patch(
-                        f"/api/tasks/{ids[2][0]}", json={"title": "x"}, headers=headers | {"If-Match": "*"}
-                    ),
+                    "PATCH If-Match": lambda: conditional_patch(ids[2][0]),
                     "DELETE": lambda: client.delete(f"/api/tasks/{ids.pop()[0]}", headers=headers),
                 }
                 for name, request in shapes.items():
