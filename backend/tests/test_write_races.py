@@ -29,7 +29,14 @@ SAME_ETAG = 12
 @pytest.fixture(scope="module")
 async def racing_app(database_url: str) -> AsyncIterator[FastAPI]:
     """The app with room for many concurrent requests of one owner."""
-    settings = make_settings(database_url, DB_POOL_SIZE=WRITERS + 2, DB_MAX_SLOTS_PER_USER=WRITERS + 2)
+    # A generous statement limit: on SQLite writers queue for the database's one write lock, and on a
+    # loaded machine that wait can pass the default limit (a 422, not what this module tests).
+    settings = make_settings(
+        database_url,
+        DB_POOL_SIZE=WRITERS + 2,
+        DB_MAX_SLOTS_PER_USER=WRITERS + 2,
+        DB_STATEMENT_TIMEOUT_MS=60_000,
+    )
     async with running_app(settings) as application:
         yield application
 
