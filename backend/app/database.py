@@ -1,5 +1,5 @@
 """The database: the engine for DATABASE_URL (translated by app.dburl), and the connections handlers
-open for reads or for one transaction.
+open for reads, for one single-statement write, or for one transaction.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ from app.errors import QueryTimeout, TooManyRequests
 
 logger = logging.getLogger("app.database")
 
-# What to run once the transaction that Database.transaction opened in this task has committed.
+# What to run once the transaction that Database.transaction (or .writer) opened in this task has committed.
 _after_commit: ContextVar[list[Callable[[], None]] | None] = ContextVar("after_commit", default=None)
 
 
 def after_commit(callback: Callable[[], None]) -> None:
-    """Run `callback` once the current `Database.transaction` has committed; never if it rolls back.
+    """Run `callback` once the current `Database.transaction` has committed (the block of a
+    `Database.writer` has ended without error); never if it rolls back (or raised).
 
     Outside such a transaction the callback is dropped: what it does must be an optimisation only
     (the change feed's in-process announcement is; LISTEN/NOTIFY and polling do not depend on it).
@@ -111,6 +112,8 @@ class Database:
         self.engine = engine
         # Reads are single statements (each one consistent by itself): no BEGIN/COMMIT round trips.
         self.read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Single-statement writes too, where a statement's time limit needs no transaction.
+        self._autocommit_writes = engine.dialect.name == "postgresql" and local_timeout_ms is None
         # The pool's own queue lets a newly arrived request take a connection that was just handed
         # to a waiter, so under load some requests wait far longer than others. A FIFO semaphore in
         # front of it (asyncio's does not let newcomers jump the queue) serves requests in order.
@@ -133,6 +136,20 @@ class Database:
         ends, rolls back if it raised.
         """
         return _Use(self, owner, self.engine.begin, self._set_local_timeout, transactional=True)
+
+    def writer(self, owner: str) -> _Use:
+        """A connection for one write of `owner` made by a single statement (`async with`).
+
+        On PostgreSQL with a direct connection the statement commits by itself (autocommit): one
+        round trip, no BEGIN/COMMIT; a write that needs more statements opens its own transaction
+        (app.services.changes.stamped does, for a due purge). `after_commit` callbacks run once the
+        block has ended without error. Elsewhere this is `transaction`: SQLite's transaction costs
+        no round trip, and behind a transaction-mode pooler the statement time limit is a SET LOCAL,
+        which needs a transaction (correctness first: BEGIN, SET LOCAL, the statement, COMMIT).
+        """
+        if not self._autocommit_writes:
+            return self.transaction(owner)
+        return _Use(self, owner, self.read_engine.connect, None, transactional=True)
 
     def reader(self, owner: str) -> _Use:
         """A connection for `owner`'s reads (`async with`), each statement committed on its own.
@@ -217,7 +234,7 @@ class _Use:
         self._owner = owner
         self._open = open_connection
         self._set_local = set_local
-        # A transaction collects what to run once it has committed (`after_commit`).
+        # A transaction (or an autocommit write) collects what to run once it has committed (`after_commit`).
         self._after_commit: list[Callable[[], None]] | None = [] if transactional else None
         self._after_commit_token: Token[list[Callable[[], None]] | None] | None = None
 
@@ -321,6 +338,7 @@ async def get_database(request: Request) -> Database:
 
 
 # Handlers open what they need with `async with db.transaction(owner)` (writes: one unit of work that
-# commits before the response is sent, or rolls back if the block raised) or `db.reader(owner)`. A plain
+# commits before the response is sent, or rolls back if the block raised), `db.writer(owner)` (a write
+# of one statement) or `db.reader(owner)`. A plain
 # dependency rather than a yield dependency: FastAPI's generator machinery cost ~15% of a request.
 Db = Annotated[Database, Depends(get_database)]

@@ -157,8 +157,12 @@ async def _write_batch(
     item_id: Callable[[_T], uuid.UUID | None],
     *,
     conditional: Callable[[_T], bool] = lambda _: False,
+    one_statement: bool = True,
 ) -> list[Any] | CallToolResult:
-    """Apply `apply` to every item in one transaction; the first failing item rolls all back."""
+    """Apply `apply` to every item in one transaction; the first failing item rolls all back.
+
+    `one_statement`: `apply` writes with a single statement, so a batch of one needs no transaction.
+    """
     seen: dict[uuid.UUID, int] = {}
     for index, item in enumerate(items):
         key = item_id(item)
@@ -167,7 +171,9 @@ async def _write_batch(
                 return _error(f"Nothing was changed: {label}[{index}] repeats the id of {label}[{seen[key]}] ({key}).")
             seen[key] = index
     try:
-        async with database.transaction(owner) as conn:
+        # A single statement needs no transaction around it (Database.writer).
+        single = one_statement and len(items) == 1
+        async with database.writer(owner) if single else database.transaction(owner) as conn:
             results = []
             for index, item in enumerate(items):
                 try:
@@ -290,7 +296,8 @@ async def complete_tasks(ctx: Context, ids: TaskIds) -> Annotated[CallToolResult
             return current
         return await service.update_task(conn, owner, task_id, done, None)
 
-    completed = await _write_batch(database, owner, "ids", ids, complete, lambda i: i)
+    # Reads, then writes: in one transaction even for one task.
+    completed = await _write_batch(database, owner, "ids", ids, complete, lambda i: i, one_statement=False)
     return completed if isinstance(completed, CallToolResult) else _versioned_result(completed, "Completed")
 
 

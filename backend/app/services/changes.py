@@ -12,6 +12,10 @@ therefore committed in order: once a reader sees the counter at N, every change 
 committed and visible to it. The feed reads the counter, the changed tasks and the tombstones in one
 statement (one snapshot), so a cursor never passes a change that the same read did not return.
 
+On PostgreSQL the increment and the write are usually one statement on an autocommit connection
+(`stamp_cte`, "writing in one statement" below): the statement is its own transaction, so the same
+holds, with the lock taken by the statement's first step and held until it commits.
+
 This holds on PostgreSQL (READ COMMITTED, any number of API processes, through a transaction-mode
 pooler: the lock lives in the transaction, not the session) and on SQLite (one writer at a time,
 holding the database's write lock from its first write until it commits). Its price: one owner's
@@ -31,15 +35,17 @@ start over. An owner who never writes again keeps their tombstones and their cur
 the number up to which it needs no tombstone (above the first while a snapshot is being paged), and
 a checksum over them and the owner, so a garbled cursor, or someone else's, is a 422.
 
-**Live events.** `stamp` also announces the new number: on PostgreSQL with `pg_notify` in the same
-statement (delivered to every listening API process when the transaction commits; app/events.py),
-and within this process once the transaction has committed (app.database.after_commit).
+**Live events.** `stamp` (and `stamp_cte`) also announces the new number: on PostgreSQL with
+`pg_notify` in the same statement (delivered to every listening API process when the transaction
+commits; app/events.py), and within this process once the transaction has committed
+(app.database.after_commit).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import struct
 import uuid
 from collections.abc import Callable, Iterable
@@ -64,8 +70,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.expression import CTE, Executable
 
 from app.columns import UTCTimestamp
 from app.database import after_commit
@@ -76,6 +83,7 @@ from app.schemas.changes import CURSOR_MAX_LENGTH, LIMIT_DEFAULT
 
 # The PostgreSQL NOTIFY channel; the payload is "<number> <owner id>".
 CHANNEL = "task_changes"
+logger = logging.getLogger("app.changes")
 DEFAULT_RETENTION = timedelta(days=30)
 
 counters = ChangeCounter.__table__  # type: ignore[attr-defined]
@@ -135,13 +143,6 @@ def _stamp_statement(dialect: str) -> Executable:
     return cast(Executable, stamp.returning(*returned))
 
 
-@dataclass(frozen=True, slots=True)
-class _Stamp:
-    seq: int
-    purged_seq: int
-    purge_due_at: datetime | None
-
-
 async def stamp(conn: AsyncConnection, owner_id: str, *, tombstone_at: datetime | None = None) -> int:
     """The owner's next change number, for a write in `conn`'s transaction. Call it before the write
     touches any task: the owner's row lock then orders the writers (module docstring), and always
@@ -159,13 +160,103 @@ async def stamp(conn: AsyncConnection, owner_id: str, *, tombstone_at: datetime 
         # The demonstration of the race (module docstring): numbered outside the writing transaction.
         async with conn.engine.begin() as separate:
             row = (await separate.execute(statement, params)).one()
-    stamped = _Stamp(row.seq, row.purged_seq, row.purge_due_at)
-    if policy.ordered and stamped.purge_due_at is not None and stamped.purge_due_at <= _now():
-        await _purge(conn, owner_id, stamped, policy.retention)
+    if policy.ordered and row.purge_due_at is not None and row.purge_due_at <= _now():
+        await _purge(conn, owner_id, policy.retention)
     if policy.announce is not None:
-        announce, seq = policy.announce, stamped.seq
+        announce, seq = policy.announce, row.seq
         after_commit(lambda: announce(owner_id, seq))
-    return stamped.seq
+    return int(row.seq)
+
+
+# --- writing in one statement (PostgreSQL) -----------------------------------------------------
+#
+# On PostgreSQL a write and its stamp are one statement: the stamp is a data-modifying CTE
+# (`stamp_cte`) and the write takes its number with `(SELECT seq FROM stamp)`. Sent on an
+# autocommit connection (app.database.Database.writer) that is one round trip, no BEGIN/COMMIT.
+#
+# Lock order. The write must not lock a task row before the stamp holds the owner's counter row.
+# It does not: a write statement gates its scan of `tasks` on `(SELECT seq FROM stamp) IS NOT
+# NULL`, a condition with no column of the scanned row, which PostgreSQL plans as an InitPlan
+# under a One-Time Filter (`Result` node above the scan): it is evaluated, running the CTE's
+# upsert and so waiting for and taking the counter row's lock, before the scan reads its first
+# row. A create's VALUES row computes the same subquery before its row is inserted. Everything
+# the write causes later (row locks, the AFTER row triggers on `tasks`, a tombstone) therefore
+# comes after the counter lock, as with `stamp` in a transaction.
+#
+# Misses. A data-modifying CTE runs whether or not the rest of the statement finds its row, so a
+# write of one task (update, delete) stamps only `WHERE EXISTS` the target in the statement's
+# snapshot (same owner, same id, an acceptable version): a 403/404/412 takes no number and
+# notifies nobody. The check reads without locking. If the task changes between the statement's
+# snapshot and the moment the counter lock is granted (a concurrent delete, or a concurrent
+# update that moves its version past an If-Match), the number is taken but the write finds no
+# row: a gap in the owner's sequence, numbered and committed in order like any change. A gap is
+# harmless to the feed: it vouches for no task, a cursor moving past it misses nothing, and the
+# NOTIFY it sends only makes listeners poll an empty page.
+
+
+def one_statement(conn: AsyncConnection) -> bool:
+    """True when writes on `conn` stamp with `stamp_cte` in their own statement (PostgreSQL, ordered)."""
+    return conn.dialect.name == "postgresql" and _policy(conn).ordered
+
+
+def stamp_cte(exists: ColumnElement[bool] | None = None) -> CTE:
+    """The stamp as a data-modifying CTE named `stamp` (PostgreSQL): the owner's (`owner_id`) next
+    number `seq`, the counter's `purge_due_at`, and the NOTIFY of the number. `due`: when the
+    tombstone the write leaves becomes purgeable (None: it leaves none). `exists`: stamp only if
+    this holds (the target task is there), so that a miss takes no number.
+    """
+    insert = postgresql.insert(counters)
+    source = select(
+        bindparam("owner_id", type_=counters.c.user_id.type),
+        literal_column("1"),
+        literal_column("0"),
+        bindparam("due", type_=UTCTimestamp()),
+    )
+    if exists is not None:
+        source = source.where(exists)
+    upsert = insert.from_select(["user_id", "seq", "purged_seq", "purge_due_at"], source).on_conflict_do_update(
+        index_elements=[counters.c.user_id],
+        set_={
+            "seq": counters.c.seq + 1,
+            "purge_due_at": func.coalesce(counters.c.purge_due_at, insert.excluded.purge_due_at),
+        },
+    )
+    # Delivered to the listeners when (and only if) the statement commits.
+    notify = func.pg_notify(CHANNEL, func.concat(counters.c.seq, " ", counters.c.user_id)).label("n")
+    return upsert.returning(counters.c.seq, counters.c.purge_due_at, notify).cte("stamp")
+
+
+def tombstone_due(conn: AsyncConnection, deleted_at: datetime) -> datetime:
+    """When a tombstone left at `deleted_at` becomes purgeable under `conn`'s policy."""
+    return deleted_at + _policy(conn).retention
+
+
+async def stamped(conn: AsyncConnection, owner_id: str, seq: int, purge_due_at: datetime | None) -> None:
+    """What follows a write that `stamp_cte` numbered `seq`: purge the owner's expired tombstones
+    if that is due (rare: in a transaction of its own on an autocommit connection), and announce the
+    number in this process once the write has committed.
+    """
+    policy = _policy(conn)
+    if purge_due_at is not None and purge_due_at <= _now():
+        if _autocommit(conn):
+            try:
+                await conn.commit()  # ends SQLAlchemy's bookkeeping transaction; nothing is sent
+                await conn.execution_options(isolation_level="READ COMMITTED")
+                async with conn.begin():
+                    await _purge(conn, owner_id, policy.retention)
+            except SQLAlchemyError as exc:
+                # The write has committed: its answer must not turn into an error. The purge stays
+                # due, and the owner's next write tries again.
+                logger.warning("tombstone purge failed, retried on the next write: %s", type(exc).__name__)
+        else:
+            await _purge(conn, owner_id, policy.retention)
+    if policy.announce is not None:
+        announce = policy.announce
+        after_commit(lambda: announce(owner_id, seq))
+
+
+def _autocommit(conn: AsyncConnection) -> bool:
+    return bool(conn.sync_connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT")  # type: ignore[union-attr]
 
 
 _PURGE = (
@@ -179,18 +270,29 @@ _PURGED = (
     .where(counters.c.user_id == bindparam("owner_id"))
     .values(purged_seq=bindparam("purged_seq"), purge_due_at=bindparam("due"))
 )
+# FOR UPDATE on PostgreSQL (SQLite: the transaction already holds the database's write lock).
+_LOCK_COUNTER = (
+    select(counters.c.purged_seq, counters.c.purge_due_at)
+    .where(counters.c.user_id == bindparam("owner_id"))
+    .with_for_update()
+)
 
 
-async def _purge(conn: AsyncConnection, owner_id: str, stamped: _Stamp, retention: timedelta) -> None:
-    # Under the owner's row lock: no other purge of this owner runs at the same time.
+async def _purge(conn: AsyncConnection, owner_id: str, retention: timedelta) -> None:
+    # Under the owner's row lock (held already after `stamp`, taken here after `stamp_cte` on an
+    # autocommit connection): no other purge or write of this owner runs at the same time, and
+    # each statement after the lock sees every tombstone committed before it.
+    counter = (await conn.execute(_LOCK_COUNTER, {"owner_id": owner_id})).one()
     now = _now()
+    if counter.purge_due_at is None or counter.purge_due_at > now:
+        return  # someone else purged in between
     purged = (await conn.execute(_PURGE, {"owner_id": owner_id, "cutoff": now - retention})).scalars().all()
     oldest: datetime | None = (await conn.execute(_OLDEST, {"owner_id": owner_id})).scalar_one_or_none()
     await conn.execute(
         _PURGED,
         {
             "owner_id": owner_id,
-            "purged_seq": max([stamped.purged_seq, *purged]),
+            "purged_seq": max([counter.purged_seq, *purged]),
             "due": None if oldest is None else oldest + retention,
         },
     )

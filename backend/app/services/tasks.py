@@ -10,6 +10,8 @@ concurrent writers holding the same ETag cannot both win.
 Every write first takes the owner's next change number (`changes.stamp`, whose row lock orders the
 owner's writers) and stamps it on the task, or on the tombstone a delete leaves: the change feed
 (app/services/changes.py) is written here, by the functions REST and the agent tools both call.
+On PostgreSQL the stamp and the write are one statement (`changes.stamp_cte`): a create, an update
+or a delete is then one round trip on an autocommit connection (app.database.Database.writer).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    exists,
     func,
     insert,
     or_,
@@ -36,7 +39,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.expression import CTE, Executable, Label, ScalarSelect
 
 from app.errors import Forbidden, NotFound, PreconditionFailed
 from app.models.task import TASK_FIELDS, Task, TaskPriority, TaskRow
@@ -135,7 +138,6 @@ async def create_task(
         if stored is not None:
             first = TaskRead.model_validate_json(stored.body).model_dump()
             return Created(VersionedTask(cast(TaskRow, first), stored.version), replayed=True)
-    seq = await change_log.stamp(conn, owner_id)
     now = _now()
     values = {
         **data.model_dump(),
@@ -144,9 +146,13 @@ async def create_task(
         "created_at": now,
         "updated_at": now,
         "version": 1,
-        "seq": seq,
     }
-    created = _versioned((await conn.execute(_INSERT, values)).one())
+    if change_log.one_statement(conn):
+        values.update(owner_id=owner_id, due=None)
+        created = await _stamped(conn, owner_id, (await conn.execute(_create_statement(), values)).one())
+    else:
+        values["seq"] = await change_log.stamp(conn, owner_id)
+        created = _versioned((await conn.execute(_INSERT, values)).one())
     if idempotency_key is not None:
         stored = idempotency.StoredResponse(created.id, created.version, render_task(created.task))
         await idempotency.remember(conn, owner_id, idempotency_key, stored)
@@ -176,10 +182,16 @@ async def update_task(
             raise PreconditionFailed()
         return current
     params = {f"new_{name}": value for name, value in changes.items()}
-    seq = await change_log.stamp(conn, owner_id)
-    params.update(task_id=task_id, owner_id=owner_id, now=_now(), versions=versions, seq=seq)
-    stmt = _update_statement(tuple(sorted(changes)), conditional=versions is not None)
-    row = (await conn.execute(stmt, params)).one_or_none()
+    params.update(task_id=task_id, owner_id=owner_id, now=_now(), versions=versions)
+    fields, conditional = tuple(sorted(changes)), versions is not None
+    if change_log.one_statement(conn):
+        params["due"] = None
+        row = (await conn.execute(_stamped_update_statement(fields, conditional=conditional), params)).one_or_none()
+        if row is None:
+            raise await _miss(conn, owner_id, task_id, conditional=if_match is not None)
+        return await _stamped(conn, owner_id, row)
+    params["seq"] = await change_log.stamp(conn, owner_id)
+    row = (await conn.execute(_update_statement(fields, conditional=conditional), params)).one_or_none()
     if row is None:
         raise await _miss(conn, owner_id, task_id, conditional=if_match is not None)
     return _versioned(row)
@@ -189,8 +201,16 @@ async def delete_task(conn: AsyncConnection, owner_id: str, task_id: uuid.UUID, 
     """Delete the owner's task if its ETag matches `if_match` (None: unconditional)."""
     versions = _versions(if_match)
     now = _now()
+    params: dict[str, Any] = {"task_id": task_id, "owner_id": owner_id, "versions": versions}
+    if change_log.one_statement(conn):
+        params.update(now=now, due=change_log.tombstone_due(conn, now))
+        statement = _stamped_delete_statement(conditional=versions is not None)
+        buried = (await conn.execute(statement, params)).one_or_none()
+        if buried is None:
+            raise await _miss(conn, owner_id, task_id, conditional=if_match is not None)
+        await change_log.stamped(conn, owner_id, buried.seq, buried.purge_due_at)
+        return
     seq = await change_log.stamp(conn, owner_id, tombstone_at=now)
-    params = {"task_id": task_id, "owner_id": owner_id, "versions": versions}
     if (await conn.execute(_delete_statement(conditional=versions is not None), params)).one_or_none() is None:
         raise await _miss(conn, owner_id, task_id, conditional=if_match is not None)
     await change_log.bury(conn, owner_id, task_id, seq, now)
@@ -265,6 +285,79 @@ def _update_statement(fields: tuple[str, ...], *, conditional: bool) -> Executab
 @lru_cache(maxsize=2)
 def _delete_statement(*, conditional: bool) -> Executable:
     return delete(tasks).where(*_SCOPE, *([_VERSION_IN] if conditional else [])).returning(c.id)
+
+
+# --- the one-statement writes (PostgreSQL; app/services/changes.py explains their lock order) ---
+
+_PURGE_DUE = "purge_due_at"
+
+
+def _stamp_seq(stamp: CTE) -> ScalarSelect[Any]:
+    return select(stamp.c.seq).scalar_subquery()
+
+
+def _purge_due(stamp: CTE) -> Label[Any]:
+    return select(stamp.c.purge_due_at).scalar_subquery().label(_PURGE_DUE)
+
+
+def _target_exists(*, conditional: bool) -> ColumnElement[bool]:
+    # The task as the statement's snapshot sees it, read without a lock (an alias: not correlated
+    # with the table the statement writes).
+    target = tasks.alias("target")
+    where = [target.c.id == bindparam("task_id"), target.c.user_id == bindparam("owner_id")]
+    if conditional:
+        where.append(target.c.version.in_(bindparam("versions", expanding=True)))
+    return exists().where(*where)
+
+
+@lru_cache(maxsize=1)
+def _create_statement() -> Executable:
+    stamp = change_log.stamp_cte()
+    return cast(
+        Executable, insert(tasks).values(seq=_stamp_seq(stamp)).returning(*_READ_COLUMNS, c.seq, _purge_due(stamp))
+    )
+
+
+@lru_cache(maxsize=64)
+def _stamped_update_statement(fields: tuple[str, ...], *, conditional: bool) -> Executable:
+    stamp = change_log.stamp_cte(_target_exists(conditional=conditional))
+    seq = _stamp_seq(stamp)
+    return cast(
+        Executable,
+        update(tasks)
+        # Gates the scan of `tasks`: the stamp (and its lock) comes before any task row is read.
+        .where(seq.is_not(None), *_SCOPE, *([_VERSION_IN] if conditional else []))
+        .values({name: bindparam(f"new_{name}") for name in fields})
+        .values(updated_at=bindparam("now"), version=c.version + 1, seq=seq)
+        .returning(*_READ_COLUMNS, c.seq, _purge_due(stamp)),
+    )
+
+
+@lru_cache(maxsize=2)
+def _stamped_delete_statement(*, conditional: bool) -> Executable:
+    stamp = change_log.stamp_cte(_target_exists(conditional=conditional))
+    seq = _stamp_seq(stamp)
+    gone = (
+        delete(tasks)
+        .where(seq.is_not(None), *_SCOPE, *([_VERSION_IN] if conditional else []))
+        .returning(c.id)
+        .cte("gone")
+    )
+    tomb = change_log.tombstones
+    bury = select(
+        gone.c.id, bindparam("owner_id", type_=tomb.c.user_id.type), seq, bindparam("now", type_=tomb.c.deleted_at.type)
+    )
+    return cast(
+        Executable,
+        insert(tomb).from_select(["id", "user_id", "seq", "deleted_at"], bury).returning(tomb.c.seq, _purge_due(stamp)),
+    )
+
+
+async def _stamped(conn: AsyncConnection, owner_id: str, row: Row[Any]) -> VersionedTask:
+    values = row._asdict()
+    await change_log.stamped(conn, owner_id, values.pop("seq"), values.pop(_PURGE_DUE))
+    version = values.pop("version")
+    return VersionedTask(cast(TaskRow, values), version)
 
 
 def _escape_like(text: str) -> str:
