@@ -13,13 +13,20 @@ client address (README "Operating it").
   storage (per worker process) or in Redis (one budget for every worker and replica). A 429 says
   when the budget frees up again; the refusal is also remembered in the process until then, so a
   client hammering past its limit costs no storage round trips.
+- **Redis, one round trip for many requests.** A Redis call through redis-py costs a request more
+  CPU than the rest of the limit check many times over, so the hits of the requests that reach
+  the check in the same event-loop turn go to Redis together: one EVALSHA of a script that runs
+  `limits`' own moving-window script (its text, verbatim) once per hit, on `limits`' keys, and
+  answers for each hit either "counted" or the entry that blocks it, from which the 429's
+  `Retry-After` follows without a second call. Each hit is counted exactly as `limits` counts it.
 - **Headers**, as in draft-ietf-httpapi-ratelimit-headers-11: every response to a counted request
   carries `RateLimit-Policy: "read";q=1200;w=60`; a 429 adds `RateLimit: "read";r=0;t=12` and
   `Retry-After: 12`, after which a retry fits. `RateLimit` is left off successful responses: the
   remaining quota would cost a second storage round trip per request (section 6.2 of the draft
   allows servers to send it only near exhaustion).
-- **Failing open.** Redis unreachable or slower than 100 ms: the request is served unchecked, the
-  metrics count it, one warning a minute is logged, and the storage is tried again after a second.
+- **Failing open.** Redis unreachable or slower than 100 ms (for the round trip a request's hit
+  goes in): the request is served unchecked, the metrics count it, one warning a minute is logged,
+  and the storage is tried again after a second.
   A rate limit never turns a request into a 5xx.
 """
 
@@ -31,10 +38,11 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage.redis.bridge import RedisBridge
 from limits.aio.strategies import MovingWindowRateLimiter
 from starlette.types import Scope
 
@@ -42,6 +50,7 @@ from app.errors import RateLimited
 
 if TYPE_CHECKING:
     from redis.asyncio import ConnectionPool
+    from redis.commands.core import AsyncScript
     from starlette.applications import Starlette
 
     from app.config import Settings
@@ -78,6 +87,10 @@ class Policy:
         item = parse(rate)
         return cls(name, item, f'"{name}";q={item.amount};w={item.get_expiry()}')
 
+    def redis_key(self, key: str) -> str:
+        """The Redis key of `key`'s window: the one `limits`' RedisStorage would use."""
+        return f"{RedisStorage.PREFIX}:{self.item.key_for(self.name, key)}"
+
     def refusal(self, detail: str, reset_at: float) -> RateLimited:
         """The 429 for a request over this budget, which frees up at `reset_at` (epoch seconds)."""
         # Whole seconds, rounded up and then some: a retry after Retry-After always fits.
@@ -104,15 +117,8 @@ class RateLimiter:
         }
         url = settings.RATE_LIMIT_STORAGE_URL.get_secret_value()
         self.storage_kind = url.partition("://")[0]
-        self._pool: ConnectionPool | None = None
-        self._storage: Storage
-        self._timeout: float | None
-        if self.storage_kind == "memory":
-            self._storage, self._timeout = MemoryStorage(), None
-        else:
-            self._storage, self._pool = _redis_storage(url)
-            self._timeout = STORAGE_TIMEOUT_S
-        self._strategy = MovingWindowRateLimiter(self._storage)
+        self._strategy = MovingWindowRateLimiter(MemoryStorage())
+        self._redis = None if self.storage_kind == "memory" else RedisWindows(url)
         self._metrics = metrics
         self._refused: dict[tuple[str, str], float] = {}
         self._storage_retry_at = 0.0
@@ -155,8 +161,8 @@ class RateLimiter:
 
     async def aclose(self) -> None:
         """Close the Redis connections, if any."""
-        if self._pool is not None:
-            await self._pool.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
 
     def _refuse(self, policy: Policy, detail: str, reset_at: float) -> RateLimited:
         if self._metrics is not None:
@@ -175,11 +181,10 @@ class RateLimiter:
             self._unchecked()
             return None
         try:
-            if self._timeout is None:
+            if self._redis is None:
                 reset_at = await self._hit(policy, key, cost)
             else:
-                async with asyncio.timeout(self._timeout):
-                    reset_at = await self._hit(policy, key, cost)
+                reset_at = await self._redis.hit(policy, key, cost)
         except Exception as exc:  # fail open: whatever the storage does, the request is served
             self._storage_failed(exc)
             return None
@@ -191,6 +196,7 @@ class RateLimiter:
         return reset_at
 
     async def _hit(self, policy: Policy, key: str, cost: int) -> float | None:
+        """The in-memory storage's answer (see `_over`)."""
         if await self._strategy.hit(policy.item, policy.name, key, cost=cost):
             return None
         # Full: the oldest request in the window leaves it at `reset_time`.
@@ -228,21 +234,99 @@ class RateLimiter:
 _AUTH_DETAIL = "Too many failed authentications from this address"
 
 
-def _redis_storage(url: str) -> tuple[Storage, ConnectionPool]:
-    from redis.asyncio import ConnectionPool
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
+# `limits`' moving-window script (acquire_moving_window.lua: its KEYS[1] is the window, its ARGV
+# the time, the limit, the window length and the cost; true when the cost fits and is counted),
+# run once per hit of a batch. Per hit the answer is 0 if counted, else the window's entry that
+# has to leave it before the cost fits (the oldest one when the cost exceeds the limit), or the
+# time sent if the window is empty.
+_BATCH_SCRIPT = f"""
+local function acquire(KEYS, ARGV)
+{RedisBridge.SCRIPT_ACQUIRE_MOVING_WINDOW.decode()}
+end
+local now = ARGV[1]
+local results = {{}}
+for i, key in ipairs(KEYS) do
+    local limit, expiry, amount = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+    if acquire({{key}}, {{now, limit, expiry, amount}}) then
+        results[i] = 0
+    else
+        local index = tonumber(limit) - tonumber(amount)
+        if index < 0 then index = -1 end
+        results[i] = redis.call('lindex', key, index) or now
+    end
+end
+return results
+"""
 
-    # Our own pool: bounded connect and read times, and no retries (redis-py retries three times
-    # with a backoff of up to 10 s by default), so a slow Redis costs a request at most 100 ms.
-    pool = ConnectionPool.from_url(
-        url,
-        socket_timeout=STORAGE_TIMEOUT_S,
-        socket_connect_timeout=STORAGE_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),
-    )
-    options: dict[str, Any] = {"connection_pool": pool}
-    return RedisStorage(f"async+{url}", implementation="redispy", **options), pool
+# One pending hit: its window's key, the policy, the cost, and the future its request awaits.
+_Hit = tuple[str, Policy, int, "asyncio.Future[float | None]"]
+
+
+class RedisWindows:
+    """`limits`' moving windows in Redis, with the hits of concurrent requests in one round trip.
+
+    A request's hit waits in a queue until the event loop's next turn; then the queue goes to
+    Redis as one script call (`_BATCH_SCRIPT`) while later hits start the next queue. A failed or
+    slow (over 100 ms) call fails every hit it carried.
+    """
+
+    def __init__(self, url: str) -> None:
+        from redis.asyncio import ConnectionPool, Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # Bounded connect and read times, and no retries (redis-py retries three times with a
+        # backoff of up to 10 s by default), so a slow Redis costs a request at most 100 ms.
+        self._pool: ConnectionPool = ConnectionPool.from_url(
+            url,
+            socket_timeout=STORAGE_TIMEOUT_S,
+            socket_connect_timeout=STORAGE_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._script: AsyncScript = Redis(connection_pool=self._pool).register_script(_BATCH_SCRIPT)
+        self._queue: list[_Hit] = []
+        # Strong references to the running batches (the event loop keeps only weak ones).
+        self._batches: set[asyncio.Task[None]] = set()
+
+    def hit(self, policy: Policy, key: str, cost: int) -> asyncio.Future[float | None]:
+        """Count `cost` against `key`'s `policy` window: resolves to None if it fits (and is
+        counted), else to when the window frees up enough for it (epoch seconds).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[float | None] = loop.create_future()
+        if not self._queue:
+            batch = loop.create_task(self._send())
+            self._batches.add(batch)
+            batch.add_done_callback(self._batches.discard)
+        self._queue.append((policy.redis_key(key), policy, cost, future))
+        return future
+
+    async def aclose(self) -> None:
+        """Wait for the batches on their way, then close the connections."""
+        if self._batches:
+            await asyncio.wait(self._batches)
+        await self._pool.aclose()
+
+    async def _send(self) -> None:
+        hits, self._queue = self._queue, []
+        keys: list[str] = []
+        args: list[float | int] = [time.time()]
+        for key, policy, cost, _ in hits:
+            keys.append(key)
+            args += (policy.item.amount, policy.item.get_expiry(), cost)
+        try:
+            async with asyncio.timeout(STORAGE_TIMEOUT_S):
+                answers = await self._script(keys, args)
+        except BaseException as exc:
+            for *_, future in hits:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else ConnectionError("cancelled"))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, policy, _, future), answer in zip(hits, answers, strict=True):
+            if not future.done():  # a cancelled request's hit still counts
+                future.set_result(None if answer == 0 else float(answer) + policy.item.get_expiry())
 
 
 def client_address(scope: Scope) -> str:

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from app.errors import RateLimited
-from app.ratelimit import client_address, count_operation
+from app.ratelimit import RateLimiter, client_address, count_operation
 from tests.support import assert_401, assert_problem, auth, bearer, captured_logs, hs256_token, new_user
 from tests.support.apps import make_settings, migrate, running_app
 from tests.support.redis_servers import RedisServer, shared_redis
@@ -350,3 +350,38 @@ def test_ratelimit_failed_authentications_count_the_forwarded_address(sqlite_url
         httpx.Client(base_url=api.url) as client,
     ):
         assert [from_(client, f"203.0.113.{index}") for index in range(3)] == [401, 401, 429]
+
+
+async def test_ratelimit_redis_counts_a_batch_of_concurrent_hits_and_answers_refusals() -> None:
+    # The machine's Redis (tests/support/redis_servers.py), fresh user ids.
+    settings = make_settings(
+        "sqlite:///unused.db", RATE_LIMIT_ENABLED=True, RATE_LIMIT_WRITE="5/hour", RATE_LIMIT_STORAGE_URL=shared_redis()
+    )
+    first, second = RateLimiter(settings), RateLimiter(settings)
+    try:
+        user = new_user()
+        # Seven concurrent writes go to Redis in one round trip: five fit, two are refused.
+        results = await asyncio.gather(*(first.charge(user, "write") for _ in range(7)), return_exceptions=True)
+        assert results.count(None) == 5
+        refused = [result for result in results if isinstance(result, RateLimited)]
+        assert len(refused) == 2
+        assert all(1 <= int(exc.headers["Retry-After"]) <= 3601 for exc in refused)
+        # The other "process" (limiter) sees the same budget used up.
+        with pytest.raises(RateLimited):
+            await second.charge(user, "write")
+        # A refused cost > 1 waits for the entry that blocks it, not the window's oldest one.
+        other = new_user()
+        await first.charge(other, "write", cost=3)
+        oldest_at = time.time()
+        await asyncio.sleep(2)
+        newer_from = time.time()
+        await first.charge(other, "write", cost=2)
+        with pytest.raises(RateLimited) as blocked:
+            await first.charge(other, "write", cost=4)
+        refused_at = time.time()
+        retry_after = int(blocked.value.headers["Retry-After"])
+        assert retry_after >= newer_from + 3600 - refused_at  # honest: the second charge's entries
+        assert retry_after > oldest_at + 3600 - refused_at + 1  # not the first's
+    finally:
+        await first.aclose()
+        await second.aclose()
