@@ -153,7 +153,7 @@ async def create_task(
     ),
 )
 async def list_tasks(query: Annotated[TaskListQuery, Query()], user: CurrentUser, db: Db) -> Response:
-    """Filter, search, sort and page through the caller's tasks (by `offset`, or by `cursor`)."""
+    """Filter, search, sort and page through the caller's tasks."""
     async with db.reader(user) as conn:
         page = await service.list_tasks(conn, user, query)
     body = render_page(page.items, total=page.total, limit=page.limit, offset=page.offset, next_cursor=page.next_cursor)

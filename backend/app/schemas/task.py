@@ -216,13 +216,12 @@ class TaskPage(BaseModel):
     total: int = Field(ge=0)
     limit: int = Field(ge=1, le=100)
     offset: int = Field(ge=0)
-    next_cursor: str | None = Field(
+    next_cursor: Annotated[str, Field(max_length=PAGE_CURSOR_MAX_LENGTH)] | None = Field(
         default=None,
         description=(
             "Always present: pass it as `cursor` (same filters and sort) for the page after this one; "
             "null on the last page. Opaque; valid only for this user, sort and filters."
         ),
-        json_schema_extra={"maxLength": PAGE_CURSOR_MAX_LENGTH},
     )
 
 

@@ -35,6 +35,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal_column,
     or_,
     select,
     tuple_,
@@ -281,7 +282,7 @@ def _list_statements(filters: tuple[str, ...], sort: TaskSort, keyset: _Keyset) 
     page_conditions = [*conditions, *_after(key, descending, keyset, nulls_last=sort in _NULLS_LAST)]
     if set(filters) <= set(_COUNTED):
         # A sum of at most nine rows the triggers keep, however many tasks the owner has.
-        count = select(cast_(func.coalesce(func.sum(counts.c.n), 0), BigInteger)).where(
+        count = select(cast_(func.coalesce(func.sum(counts.c.n), literal_column("0")), BigInteger)).where(
             counts.c.user_id == bindparam("owner_id"), *(_COUNTED[name] for name in filters)
         )
     else:
