@@ -417,7 +417,7 @@ async def test_other_users_tasks_are_invisible(server: APIServer, rest: httpx.As
     nobody = str(uuid.uuid4())
     async with agent(server, bob) as client:
         found = await ok(client, "find_tasks", {"q": "secret plan"})
-        assert found.structured_content == {"items": [], "total": 0, "limit": 20, "offset": 0}
+        assert found.structured_content == {"items": [], "total": 0, "limit": 20, "offset": 0, "next_cursor": None}
         # Every tool answers for Alice's id exactly as for an id that does not exist.
         attempts: list[tuple[str, dict[str, Any]]] = [
             ("get_task", {"id": "{id}"}),

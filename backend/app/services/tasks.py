@@ -271,7 +271,8 @@ class _Keyset(Enum):
     null_key = "null_key"
 
 
-@lru_cache(maxsize=512)
+# Every shape: 32 filter sets x 10 sorts x 3 starts.
+@lru_cache(maxsize=1024)
 def _list_statements(filters: tuple[str, ...], sort: TaskSort, keyset: _Keyset) -> tuple[Select[Any], Select[Any]]:
     conditions = [c.user_id == bindparam("owner_id"), *(_FILTERS[name] for name in filters)]
     descending = sort.value.startswith("-")
