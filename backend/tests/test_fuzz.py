@@ -100,6 +100,10 @@ def test_fuzz_operation_conforms_to_its_schema(
             if case.headers and "Idempotency-Key" in case.headers:
                 # Hypothesis repeats small keys; the same key with another body is a 422 by design.
                 case.headers["Idempotency-Key"] = uuid.uuid4().hex
+            if mode is GenerationMode.POSITIVE and case.query and "cursor" in case.query:
+                # A list cursor is opaque and bound to its user and query: one made up is a 422 by
+                # design (tests/test_keyset.py), whatever the schema says of its characters.
+                del case.query["cursor"]
             response = case.call(session=client, timeout=REQUEST_TIMEOUT)
             case.validate_response(
                 response, checks=ALL_CHECKS, headers=auth(user), transport_kwargs={"session": client}

@@ -37,7 +37,7 @@ async def titles(client: httpx.AsyncClient, headers: dict[str, str], **params: A
 async def test_list_default_is_newest_first_with_envelope(client: httpx.AsyncClient, seeded: dict[str, str]) -> None:
     response = await client.get("/api/tasks", headers=seeded)
     page = response.json()
-    assert set(page) == {"items", "total", "limit", "offset"}
+    assert set(page) == {"items", "total", "limit", "offset", "next_cursor"}
     assert (page["total"], page["limit"], page["offset"]) == (5, 50, 0)
     assert [t["title"] for t in page["items"]] == [s[0] for s in reversed(SEED)]
 

@@ -234,6 +234,34 @@ async def test_find_tasks_defaults_to_twenty_newest(server: APIServer, rest: htt
     assert text(result).startswith("21 matching tasks, showing 1-20:")
 
 
+async def test_find_tasks_pages_with_cursors_as_rest_does(server: APIServer, rest: httpx.AsyncClient) -> None:
+    user = new_user()
+    for index in range(8):
+        await create(rest, user, title=f"t{index}", status=("pending", "completed")[index % 2])
+    query: dict[str, Any] = {"limit": 3, "status": "pending", "sort": "title"}
+    async with agent(server, user) as client:
+        result = await ok(client, "find_tasks", query)
+        assert "More: pass cursor=" in text(result)
+        seen: list[str] = []
+        while True:
+            page = result.structured_content
+            assert page is not None
+            seen += [task["title"] for task in page["items"]]
+            if page["next_cursor"] is None:
+                break
+            result = await ok(client, "find_tasks", {**query, "cursor": page["next_cursor"]})
+            expected = await rest.get("/api/tasks", params={**query, "cursor": page["next_cursor"]}, headers=auth(user))
+            assert result.structured_content == expected.json()
+        assert seen == ["t0", "t2", "t4", "t6"]
+        first = (await ok(client, "find_tasks", query)).structured_content
+        assert first is not None
+        cursor = first["next_cursor"]
+        assert "not one this API issued" in await fails(
+            client, "find_tasks", {**query, "cursor": cursor, "sort": "-title"}
+        )
+        assert "not both" in await fails(client, "find_tasks", {**query, "cursor": cursor, "offset": 3})
+
+
 async def test_get_task_returns_task_and_etag(server: APIServer, rest: httpx.AsyncClient) -> None:
     user = new_user()
     task = await create(rest, user, title="Renew passport", priority="high")
@@ -389,7 +417,7 @@ async def test_other_users_tasks_are_invisible(server: APIServer, rest: httpx.As
     nobody = str(uuid.uuid4())
     async with agent(server, bob) as client:
         found = await ok(client, "find_tasks", {"q": "secret plan"})
-        assert found.structured_content == {"items": [], "total": 0, "limit": 20, "offset": 0}
+        assert found.structured_content == {"items": [], "total": 0, "limit": 20, "offset": 0, "next_cursor": None}
         # Every tool answers for Alice's id exactly as for an id that does not exist.
         attempts: list[tuple[str, dict[str, Any]]] = [
             ("get_task", {"id": "{id}"}),

@@ -63,7 +63,7 @@ def test_declare_hints_truthfully(tools: dict[str, dict[str, Any]]) -> None:
 
 def test_declare_output_schema_for_every_tool(tools: dict[str, dict[str, Any]]) -> None:
     outputs = {name: tool["outputSchema"] for name, tool in tools.items()}
-    assert set(outputs["find_tasks"]["properties"]) == {"items", "total", "limit", "offset"}
+    assert set(outputs["find_tasks"]["properties"]) == {"items", "total", "limit", "offset", "next_cursor"}
     assert outputs["get_task"]["title"] == "TaskRead"
     for name in ("add_tasks", "update_tasks", "complete_tasks"):
         assert set(outputs[name]["properties"]) == {"items"}, name

@@ -136,7 +136,7 @@ async def test_scale_out_isolation_holds_on_either_process(
         assert_status(await client.patch(url, json={"title": "bob's now"}, headers=auth(bob)), 403)
         assert_status(await client.delete(url, headers={**auth(bob), "If-Match": "*"}), 403)
         listed = await client.get("/api/tasks", headers=auth(bob))
-        assert listed.json() == {"items": [], "total": 0, "limit": 50, "offset": 0}
+        assert listed.json() == {"items": [], "total": 0, "limit": 50, "offset": 0, "next_cursor": None}
     assert (await b.get(url, headers=auth(alice))).json()["title"] == "alice only"
 
 

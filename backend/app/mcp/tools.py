@@ -26,12 +26,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 
 from app.database import Database
-from app.errors import Forbidden, NotFound, PreconditionFailed, Problem, RateLimited, is_database_unavailable
+from app.errors import (
+    Forbidden,
+    InvalidCursor,
+    NotFound,
+    PreconditionFailed,
+    Problem,
+    RateLimited,
+    is_database_unavailable,
+)
 from app.mcp.http import OWNER_SCOPE_KEY
 from app.mcp.schemas import DeletedTasks, NewTasks, TaskIds, TaskItems, Updates, if_match
 from app.models.task import TaskPriority, TaskStatus
 from app.ratelimit import Operation, count_operation
 from app.schemas.task import (
+    PAGE_CURSOR_MAX_LENGTH,
     RFC3339DateTime,
     SearchText,
     TaskListQuery,
@@ -209,12 +218,23 @@ async def find_tasks(
     ] = TaskSort.created_at_desc,
     limit: Annotated[int, Field(ge=1, le=100, description="Page size, 1-100.")] = FIND_DEFAULT_LIMIT,
     offset: Annotated[int, Field(ge=0, le=1_000_000, description="Matches to skip (paging).")] = 0,
+    cursor: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=PAGE_CURSOR_MAX_LENGTH,
+            pattern="^[A-Za-z0-9_-]+$",
+            description="The `next_cursor` of the previous page (same filters and sort), instead of an `offset`.",
+        ),
+    ] = None,
 ) -> Annotated[CallToolResult, TaskPage]:
     """Find the user's tasks: filter by status, priority, due date range and text; sort and page.
 
     The same filters as GET /api/tasks. `total` counts every match, so page with `offset` while
     `offset + limit < total`. Items are tasks as the REST API returns them.
     """
+    if cursor is not None and offset:
+        return _error("Give `cursor` or a non-zero `offset`, not both.")
     owner, database = await _caller(ctx, "read")
     # Already validated by the same annotated types TaskListQuery declares: construct, do not re-parse.
     query = TaskListQuery.model_construct(
@@ -226,17 +246,30 @@ async def find_tasks(
         sort=sort,
         limit=limit,
         offset=offset,
+        cursor=cursor,
     )
     try:
         async with database.reader(owner) as conn:
             page = await service.list_tasks(conn, owner, query)
+    except InvalidCursor as exc:
+        return _error(exc.detail)
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         return _database_error(exc)
     # The REST route's own rendering of a page, so the items are byte for byte what GET /api/tasks sends.
-    structured = orjson.loads(render_page(page.items, total=page.total, limit=page.limit, offset=page.offset))
+    structured = orjson.loads(
+        render_page(page.items, total=page.total, limit=page.limit, offset=page.offset, next_cursor=page.next_cursor)
+    )
     items = structured["items"]
-    shown = f"showing {offset + 1}-{offset + len(items)}" if items else "none on this page"
-    summary = "\n".join([f"{_count(page.total, 'matching task')}, {shown}:", *map(_line, items)])
+    if not items:
+        shown = "none on this page"
+    elif cursor is None:
+        shown = f"showing {offset + 1}-{offset + len(items)}"
+    else:
+        shown = f"showing {len(items)} after the cursor"
+    lines = [f"{_count(page.total, 'matching task')}, {shown}:", *map(_line, items)]
+    if page.next_cursor is not None:
+        lines.append(f"More: pass cursor={page.next_cursor} for the next page.")
+    summary = "\n".join(lines)
     return _result(structured, summary)
 
 

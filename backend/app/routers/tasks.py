@@ -12,6 +12,7 @@ from app.database import Db
 from app.errors import (
     ContentTooLarge,
     Forbidden,
+    InvalidCursor,
     MalformedRequest,
     NotFound,
     PreconditionFailed,
@@ -148,13 +149,15 @@ async def create_task(
     response_description="One page of the matching tasks.",
     summary="List the caller's tasks",
     response_model=TaskPage,
-    responses=problem_responses(Unauthorized, ValidationFailed, QueryTimeout, TooManyRequests, ServiceUnavailable),
+    responses=problem_responses(
+        Unauthorized, ValidationFailed, InvalidCursor, QueryTimeout, TooManyRequests, ServiceUnavailable
+    ),
 )
 async def list_tasks(query: Annotated[TaskListQuery, Query()], user: CurrentUser, db: Db) -> Response:
     """Filter, search, sort and page through the caller's tasks."""
     async with db.reader(user) as conn:
         page = await service.list_tasks(conn, user, query)
-    body = render_page(page.items, total=page.total, limit=page.limit, offset=page.offset)
+    body = render_page(page.items, total=page.total, limit=page.limit, offset=page.offset, next_cursor=page.next_cursor)
     return Response(body, media_type="application/json")
 
 

@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import orjson
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from app.columns import DESCRIPTION_MAX, TITLE_MAX, USER_ID_MAX, unstorable_reason
 from app.models.task import TaskPriority, TaskRow, TaskStatus
@@ -199,17 +199,30 @@ class TaskRead(BaseModel):
     updated_at: datetime = Field(description="In UTC (`Z`); changes on every write.")
 
 
+# A cursor holds the last row's sort key (a title: up to 255 characters of UTF-8), its id and a checksum.
+PAGE_CURSOR_MAX_LENGTH = 2048
+
+
 class TaskPage(BaseModel):
     """One page of the caller's tasks; `total` counts every match, not just this page."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"items": [_EXAMPLE_TASK], "total": 1, "limit": 50, "offset": 0}]}
+        json_schema_extra={
+            "examples": [{"items": [_EXAMPLE_TASK], "total": 1, "limit": 50, "offset": 0, "next_cursor": None}]
+        }
     )
 
     items: list[TaskRead]
     total: int = Field(ge=0)
     limit: int = Field(ge=1, le=100)
     offset: int = Field(ge=0)
+    next_cursor: Annotated[str, Field(max_length=PAGE_CURSOR_MAX_LENGTH)] | None = Field(
+        default=None,
+        description=(
+            "Always present: pass it as `cursor` (same filters and sort) for the page after this one; "
+            "null on the last page. Opaque; valid only for this user, sort and filters."
+        ),
+    )
 
 
 class TaskSort(StrEnum):
@@ -243,6 +256,23 @@ class TaskListQuery(BaseModel):
     sort: TaskSort = TaskSort.created_at_desc
     limit: int = Field(default=50, ge=1, le=100)
     offset: int = Field(default=0, ge=0, le=1_000_000)
+    cursor: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=PAGE_CURSOR_MAX_LENGTH,
+        pattern="^[A-Za-z0-9_-]+$",
+        description=(
+            "The `next_cursor` of the previous page: the page after it, found through the index, so a deep "
+            "page costs what the first one does (use it instead of `offset`, which must then be 0). "
+            "Only with the same sort and filters it was issued for, else 422."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _cursor_or_offset(self) -> TaskListQuery:
+        if self.cursor is not None and self.offset:
+            raise ValueError("give `cursor` or a non-zero `offset`, not both")
+        return self
 
 
 # --- the one rendering of a task ----------------------------------------------------------------
@@ -260,9 +290,11 @@ def render_task(task: TaskRow) -> bytes:
     return _dumps(task)
 
 
-def render_page(items: Sequence[TaskRow], *, total: int, limit: int, offset: int) -> bytes:
+def render_page(
+    items: Sequence[TaskRow], *, total: int, limit: int, offset: int, next_cursor: str | None = None
+) -> bytes:
     """A page of tasks as the JSON of TaskPage."""
-    return _dumps({"items": items, "total": total, "limit": limit, "offset": offset})
+    return _dumps({"items": items, "total": total, "limit": limit, "offset": offset, "next_cursor": next_cursor})
 
 
 def render_json(value: Any) -> bytes:

@@ -43,8 +43,6 @@ commits; app/events.py), and within this process once the transaction has commit
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import struct
 import uuid
@@ -74,6 +72,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import CTE, Executable
 
+from app import cursors
 from app.columns import UTCTimestamp
 from app.database import after_commit
 from app.errors import CursorExpired, InvalidCursor
@@ -314,7 +313,6 @@ def _now() -> datetime:
 
 _CURSOR_VERSION = 1
 _CURSOR = struct.Struct(">BQQ")
-_CHECK_BYTES = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,26 +323,18 @@ class Cursor:
     base: int
 
 
-def _check(payload: bytes, owner_id: str) -> bytes:
-    # A checksum that binds the cursor to its owner, not a secret: a made-up cursor can only make
-    # its owner's own feed incomplete.
-    return hashlib.blake2b(payload + owner_id.encode(), digest_size=_CHECK_BYTES, person=b"taskapi-cursor").digest()
+_PERSON = b"taskapi-cursor"
 
 
 def encode_cursor(owner_id: str, cursor: Cursor) -> str:
     """The opaque text of `cursor` for `owner_id`."""
-    payload = _CURSOR.pack(_CURSOR_VERSION, cursor.seq, cursor.base)
-    return base64.urlsafe_b64encode(payload + _check(payload, owner_id)).decode().rstrip("=")
+    return cursors.seal(_CURSOR.pack(_CURSOR_VERSION, cursor.seq, cursor.base), owner_id.encode(), person=_PERSON)
 
 
 def decode_cursor(owner_id: str, text: str) -> Cursor:
     """The cursor `text` stands for; InvalidCursor when it is not one issued to `owner_id`."""
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)) if len(text) <= CURSOR_MAX_LENGTH else b""
-    except ValueError:
-        raw = b""
-    payload, check = raw[: _CURSOR.size], raw[_CURSOR.size :]
-    if len(raw) != _CURSOR.size + _CHECK_BYTES or check != _check(payload, owner_id):
+    payload = cursors.unseal(text, owner_id.encode(), person=_PERSON, max_length=CURSOR_MAX_LENGTH)
+    if payload is None or len(payload) != _CURSOR.size:
         raise InvalidCursor()
     version, seq, base = _CURSOR.unpack(payload)
     if version != _CURSOR_VERSION or base < seq:

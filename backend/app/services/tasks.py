@@ -17,14 +17,18 @@ or a delete is then one round trip on an autocommit connection (app.database.Dat
 from __future__ import annotations
 
 import re
+import struct
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from enum import Enum
 from functools import lru_cache
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Row,
     Select,
@@ -34,20 +38,33 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal_column,
     or_,
     select,
+    tuple_,
     update,
 )
+from sqlalchemy import cast as cast_
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import CTE, Executable, Label, ScalarSelect
 
-from app.errors import Forbidden, NotFound, PreconditionFailed
+from app import cursors
+from app.errors import Forbidden, InvalidCursor, NotFound, PreconditionFailed
+from app.models.counts import TaskCount
 from app.models.task import TASK_FIELDS, Task, TaskPriority, TaskRow
-from app.schemas.task import TaskCreate, TaskListQuery, TaskRead, TaskSort, render_task
+from app.schemas.task import (
+    PAGE_CURSOR_MAX_LENGTH,
+    TaskCreate,
+    TaskListQuery,
+    TaskRead,
+    TaskSort,
+    render_task,
+)
 from app.services import changes as change_log
 from app.services import idempotency
 
 tasks = Task.__table__  # type: ignore[attr-defined]
+counts = TaskCount.__table__  # type: ignore[attr-defined]
 c = tasks.c
 _TASK_COLUMNS = tuple(c[name] for name in TASK_FIELDS)
 _READ_COLUMNS = (*_TASK_COLUMNS, c.version)
@@ -87,6 +104,8 @@ class TaskPage:
     total: int
     limit: int
     offset: int
+    # Where the next page starts (None: this is the last page).
+    next_cursor: str | None
 
 
 def _versioned(row: Row[Any]) -> VersionedTask:
@@ -217,7 +236,10 @@ async def delete_task(conn: AsyncConnection, owner_id: str, task_id: uuid.UUID, 
 
 
 async def list_tasks(conn: AsyncConnection, owner_id: str, query: TaskListQuery) -> TaskPage:
-    """One page of the owner's tasks matching `query`, with the total count."""
+    """One page of the owner's tasks matching `query`, with the total count and the next page's cursor.
+
+    Raises InvalidCursor when `query.cursor` is not one issued for this owner, sort and filters.
+    """
     params: dict[str, Any] = {
         "owner_id": owner_id,
         "status": query.status,
@@ -225,15 +247,23 @@ async def list_tasks(conn: AsyncConnection, owner_id: str, query: TaskListQuery)
         "due_before": query.due_before,
         "due_after": query.due_after,
         "pattern": None if query.q is None else "%" + _escape_like(query.q) + "%",
-        "limit": query.limit,
+        # One row more than the page tells whether there is a next page.
+        "limit": query.limit + 1,
         "offset": query.offset,
     }
     filters = tuple(name for name in _FILTERS if params[name] is not None)
-    page_statement, count_statement = _list_statements(filters, query.sort)
+    keyset = _Keyset.none
+    if query.cursor is not None:
+        key, after_id = _decode_page_cursor(owner_id, query)
+        keyset = _Keyset.null_key if key is None and query.sort in _NULLS_LAST else _Keyset.key
+        params.update(after_key=key, after_id=after_id)
+    page_statement, count_statement = _list_statements(filters, query.sort, keyset)
     rows = (await conn.execute(page_statement, params)).all()
     # Past the last page there is no row for the count to ride on: count separately.
     total = int(rows[0]._mapping["total"] if rows else (await conn.execute(count_statement, params)).scalar_one())
-    return TaskPage([_page_item(row) for row in rows], total, query.limit, query.offset)
+    items = [_page_item(row) for row in rows[: query.limit]]
+    next_cursor = _encode_page_cursor(owner_id, query, items[-1]) if len(rows) > query.limit else None
+    return TaskPage(items, total, query.limit, query.offset, next_cursor)
 
 
 _FILTERS: dict[str, ColumnElement[bool]] = {
@@ -245,29 +275,127 @@ _FILTERS: dict[str, ColumnElement[bool]] = {
         c.title.ilike(bindparam("pattern"), escape="\\"), c.description.ilike(bindparam("pattern"), escape="\\")
     ),
 }
+# Filters whose matches the triggers count per owner in `task_counts` (alembic 0005; an owner's
+# count rows change only under the owner's change_counters lock that `stamp` takes, so never lost).
+_COUNTED = {"status": counts.c.status == bindparam("status"), "priority": counts.c.priority == bindparam("priority")}
+_NULLS_LAST = (TaskSort.due_date, TaskSort.due_date_desc)
 
 
-@lru_cache(maxsize=256)
-def _list_statements(filters: tuple[str, ...], sort: TaskSort) -> tuple[Select[Any], Select[Any]]:
+class _Keyset(Enum):
+    """Where a page starts: at the first match, after a row with a sort key, or after one without
+    (a task with no due date, in a due-date sort).
+    """
+
+    none = "none"
+    key = "key"
+    null_key = "null_key"
+
+
+# Every shape: 32 filter sets x 10 sorts x 3 starts.
+@lru_cache(maxsize=1024)
+def _list_statements(filters: tuple[str, ...], sort: TaskSort, keyset: _Keyset) -> tuple[Select[Any], Select[Any]]:
     conditions = [c.user_id == bindparam("owner_id"), *(_FILTERS[name] for name in filters)]
     descending = sort.value.startswith("-")
     key = _SORT_KEYS[sort.value.lstrip("-")]
     order: list[ColumnElement[Any]] = [key.desc(), c.id.desc()] if descending else [key.asc(), c.id.asc()]
-    if sort in (TaskSort.due_date, TaskSort.due_date_desc):
+    if sort in _NULLS_LAST:
         # Tasks without a due date go last in both directions, on both databases.
         order.insert(0, c.due_date.is_(None))
-    count = select(func.count()).select_from(tasks).where(*conditions)
-    # The count rides along as an uncorrelated subquery: evaluated once, by itself, so it can use an
-    # index-only scan, while the page reads just `limit` rows off the sort index. (A window
-    # count(*) OVER () would make the database fetch and sort every match instead.)
+    page_conditions = [*conditions, *_after(key, descending, keyset, nulls_last=sort in _NULLS_LAST)]
+    if set(filters) <= set(_COUNTED):
+        # A sum of at most nine rows the triggers keep, however many tasks the owner has.
+        count = select(cast_(func.coalesce(func.sum(counts.c.n), literal_column("0")), BigInteger)).where(
+            counts.c.user_id == bindparam("owner_id"), *(_COUNTED[name] for name in filters)
+        )
+    else:
+        count = select(func.count()).select_from(tasks).where(*conditions)
+    # The count rides along as an uncorrelated subquery: evaluated once, by itself, in the page's
+    # snapshot, while the page reads just `limit` rows off the sort index. (A window count(*) OVER ()
+    # would make the database fetch and sort every match instead.)
     page = (
         select(*_TASK_COLUMNS, count.scalar_subquery().label("total"))
-        .where(*conditions)
+        .where(*page_conditions)
         .order_by(*order)
         .limit(bindparam("limit"))
-        .offset(bindparam("offset"))
     )
+    if keyset is _Keyset.none:
+        page = page.offset(bindparam("offset"))
     return page, count
+
+
+def _after(
+    key: ColumnElement[Any], descending: bool, keyset: _Keyset, *, nulls_last: bool
+) -> list[ColumnElement[bool]]:
+    """The rows after the cursor's (key, id) in the sort order: a row-value comparison, which both
+    databases match against the (owner, key, id) index, so a deep page reads only its own rows.
+    """
+    if keyset is _Keyset.none:
+        return []
+    after_id = bindparam("after_id", type_=c.id.type)
+    if keyset is _Keyset.null_key:
+        # After a task without a due date come only the others without one, by id.
+        return [c.due_date.is_(None), c.id < after_id if descending else c.id > after_id]
+    mark = tuple_(bindparam("after_key", type_=key.type), after_id)
+    later = tuple_(key, c.id) < mark if descending else tuple_(key, c.id) > mark
+    return [or_(later, c.due_date.is_(None)) if nulls_last else later]
+
+
+# --- page cursors --------------------------------------------------------------------------------
+# A version, the last row's id and its sort key, sealed with the owner, sort and filters (app/cursors.py).
+
+_PAGE_CURSOR_VERSION = 1
+_PAGE_CURSOR_PERSON = b"taskapi-page"
+_HEAD = struct.Struct(">B16s")
+_MICROS = struct.Struct(">q")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_PRIORITY_RANKS = {p.value: rank for rank, p in enumerate(TaskPriority)}
+_INVALID_PAGE_CURSOR = (
+    "The cursor is not one this API issued to you for this sort and these filters (garbled, truncated, "
+    "another user's or another query's); leave it out to start from the first page."
+)
+
+
+def _page_context(owner_id: str, query: TaskListQuery) -> bytes:
+    # Everything that decides which rows a page holds and in what order, except where it starts.
+    return orjson.dumps(
+        [owner_id, query.sort.value, query.status, query.priority, query.due_before, query.due_after, query.q],
+        option=orjson.OPT_UTC_Z,
+    )
+
+
+def _encode_page_cursor(owner_id: str, query: TaskListQuery, last: TaskRow) -> str:
+    field = query.sort.value.lstrip("-")
+    value = last[field]  # type: ignore[literal-required]
+    if field == "title":
+        key = value.encode()
+    elif field == "priority":
+        key = bytes([_PRIORITY_RANKS[value]])
+    elif value is None:  # a task without a due date
+        key = b""
+    else:
+        key = _MICROS.pack((value - _EPOCH) // timedelta(microseconds=1))
+    payload = _HEAD.pack(_PAGE_CURSOR_VERSION, last["id"].bytes) + key
+    return cursors.seal(payload, _page_context(owner_id, query), person=_PAGE_CURSOR_PERSON)
+
+
+def _decode_page_cursor(owner_id: str, query: TaskListQuery) -> tuple[Any, uuid.UUID]:
+    """The (sort key, id) of the row the cursor of `query` follows; InvalidCursor if it is not ours."""
+    assert query.cursor is not None
+    payload = cursors.unseal(
+        query.cursor, _page_context(owner_id, query), person=_PAGE_CURSOR_PERSON, max_length=PAGE_CURSOR_MAX_LENGTH
+    )
+    if payload is None or len(payload) < _HEAD.size or payload[0] != _PAGE_CURSOR_VERSION:
+        raise InvalidCursor(_INVALID_PAGE_CURSOR)
+    after_id, key = uuid.UUID(bytes=payload[1 : _HEAD.size]), payload[_HEAD.size :]
+    field = query.sort.value.lstrip("-")
+    # The checksum matched, so these bytes are what _encode_page_cursor wrote for this sort.
+    if field == "title":
+        return key.decode(), after_id
+    if field == "priority":
+        return key[0], after_id
+    if not key:
+        return None, after_id
+    return _EPOCH + timedelta(microseconds=_MICROS.unpack(key)[0]), after_id
 
 
 @lru_cache(maxsize=64)
