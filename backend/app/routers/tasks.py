@@ -141,7 +141,10 @@ async def create_task(
     """Create a task owned by the caller."""
     async with _database(request).transaction(user) as conn:
         created = await service.create_task(conn, user, body, idempotency_key)
-    location = request.url_for("get_task", task_id=created.task.id).path
+    # What request.url_for(...).path gives, without building the absolute URL first.
+    location = request.scope.get("root_path", "").rstrip("/") + request.app.url_path_for(
+        "get_task", task_id=str(created.task.id)
+    )
     if created.replayed:
         return _task_response(created.task, 201, Location=location, **{"Idempotent-Replayed": "true"})
     return _task_response(created.task, 201, Location=location)
