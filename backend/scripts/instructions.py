@@ -77,6 +77,8 @@ def app_env(db: str) -> dict[str, str]:
         "METRICS_ENABLED": "false",
         "ENV_FILE": "/dev/null",
         "LOG_LEVEL": "INFO",
+        # Under valgrind a pool checkout can outlast the 3 s default (a 503); no per-request cost.
+        "DB_CONNECT_TIMEOUT": "30",
     }
 
 
