@@ -11,9 +11,12 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from pydantic import ValidationError
-from starlette.routing import Route
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from app.auth.jwks import JWKSClient
 from app.auth.jwt import TokenVerifier
@@ -27,7 +30,7 @@ from app.jsonguard import JSONShapeMiddleware
 from app.logging import configure_logging
 from app.mcp import MCP_PATH, METADATA_PATH, create_mcp_endpoint, protected_resource_metadata
 from app.metrics import Metrics, install_metrics_route
-from app.middleware import ProblemCORSMiddleware, RequestContextMiddleware
+from app.middleware import RequestContextMiddleware
 from app.openapi import install_openapi
 from app.ratelimit import RateLimiter
 from app.routers import changes, health, tasks
@@ -49,6 +52,40 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         print(config_error_line(exc), file=sys.stderr)
         raise SystemExit(2) from None
+
+
+class TaskAPI(FastAPI):
+    """FastAPI with a shorter per-request path; what it serves and documents is unchanged.
+
+    FastAPI wraps the app in ServerErrorMiddleware and an exception-telemetry layer; here
+    RequestContextMiddleware (outermost) is the last resort for errors already, so the stack is
+    only our middleware, Starlette's ExceptionMiddleware (the exception handlers) and FastAPI's
+    AsyncExitStackMiddleware (which its request handler needs).
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        """The middleware around the router (FastAPI's own, minus the two layers above)."""
+        handlers = {key: value for key, value in self.exception_handlers.items() if key not in (500, Exception)}
+        app: ASGIApp = ExceptionMiddleware(AsyncExitStackMiddleware(self.router), handlers=handlers, debug=self.debug)
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return app
+
+
+def _mount_flat(app: FastAPI, routers: list[APIRouter]) -> list[BaseRoute]:
+    """Add the routers' routes to the app itself; returns them in the order they are documented.
+
+    `include_router` keeps each router as a nested matcher that every request walks (twice for
+    the router that matches); their routes already carry the prefix, tags and responses, so
+    added directly they are the same operations, matched by one flat scan. Requests are matched
+    against the task collection first (the hot paths), then /api/tasks/changes and /events,
+    which must stay ahead of /api/tasks/{task_id}, then the item routes, then the rest.
+    """
+    documented = [route for router in routers for route in router.routes]
+    collection = [route for route in documented if getattr(route, "path", None) == "/api/tasks"]
+    rest = [route for route in documented if route not in collection]
+    app.router.routes[:0] = [*collection, *rest]
+    return documented
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -134,19 +171,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await jwks.aclose()
             await database.dispose()
 
-    app = FastAPI(
+    app = TaskAPI(
         title="Task API",
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
         docs_url=None,  # self-hosted below instead of FastAPI's CDN pages
         redoc_url=None,
+        # FastAPI's built-in OpenTelemetry hooks: unused (app/metrics.py has the metrics), and
+        # enabled they cost a provider lookup on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
-    app.include_router(health.router)
-    # Before the tasks router: /api/tasks/{task_id} would otherwise take /api/tasks/changes.
-    app.include_router(changes.router)
-    app.include_router(tasks.router)
+    # changes before tasks: /api/tasks/{task_id} would otherwise take /api/tasks/changes.
+    documented = _mount_flat(app, [health.router, changes.router, tasks.router])
     # Exactly /mcp (no redirect to /mcp/), outside the OpenAPI document: tools/list describes the
     # tools (contracts/mcp-tools.json). POST only: a stateless server never sends anything on a GET
     # stream and has no session to DELETE, so those are 405 (the spec's "no SSE stream here").
@@ -160,33 +198,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Innermost: a crowded JSON body is refused before FastAPI parses and validates it; inside CORS,
     # so a browser can read that 422 too.
     app.add_middleware(JSONShapeMiddleware)
-    app.add_middleware(
-        ProblemCORSMiddleware,
-        allow_origins=settings.CORS_ORIGINS,
-        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-        allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key", "X-Request-ID", "Last-Event-ID"],
-        expose_headers=[
-            "ETag",
-            "Location",
-            "Retry-After",
-            "X-Request-ID",
-            "Idempotent-Replayed",
-            "RateLimit-Policy",
-            "RateLimit",
-        ],
-        max_age=600,
-    )
     # Outermost, so the request id, the access log and cancellation on disconnect cover CORS answers
-    # and errors too.
+    # and errors too. CORS runs inside it, for requests with an Origin header.
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.MAX_BODY_BYTES,
         read_timeout=settings.HTTP_READ_TIMEOUT_S,
         cacheable_paths=DOCS_PATHS,
         metrics=metrics,
+        cors={
+            "allow_origins": settings.CORS_ORIGINS,
+            "allow_methods": ["GET", "POST", "PUT", "PATCH", "DELETE"],
+            "allow_headers": [
+                "Authorization",
+                "Content-Type",
+                "If-Match",
+                "Idempotency-Key",
+                "X-Request-ID",
+                "Last-Event-ID",
+            ],
+            "expose_headers": [
+                "ETag",
+                "Location",
+                "Retry-After",
+                "X-Request-ID",
+                "Idempotent-Replayed",
+                "RateLimit-Policy",
+                "RateLimit",
+            ],
+            "max_age": 600,
+        },
     )
 
-    install_openapi(app)
+    install_openapi(app, documented)
     return app
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -30,7 +30,7 @@ logger = logging.getLogger("app.errors")
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 NOSNIFF = (b"x-content-type-options", b"nosniff")
 NO_STORE = (b"cache-control", b"no-store")
-_BODY_HEADERS = (b"content-length", b"transfer-encoding")
+VARY_ORIGIN = (b"vary", b"Origin")
 # A request still running after this long starts watching for its client's disconnect: most are
 # answered within milliseconds, and a watcher task for each would cost more than it saves.
 WATCH_AFTER_SECONDS = 0.05
@@ -38,7 +38,7 @@ WATCH_AFTER_SECONDS = 0.05
 
 class RequestContextMiddleware:
     """Adds X-Request-ID and the security headers, logs one JSON line per request, answers 413 for
-    oversized bodies and 408 for a body that stalls.
+    oversized bodies and 408 for a body that stalls; runs CORS for requests with an Origin.
 
     Every response gets `X-Content-Type-Options: nosniff`, and `Cache-Control: no-store` unless its
     path starts with one of `cacheable_paths` (the public docs) or the app chose a Cache-Control:
@@ -61,31 +61,51 @@ class RequestContextMiddleware:
         read_timeout: float = 10.0,
         cacheable_paths: tuple[str, ...] = (),
         metrics: Metrics | None = None,
+        cors: dict[str, Any] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.read_timeout = read_timeout
         self.cacheable_paths = cacheable_paths
         self.metrics = metrics
+        # CORS (`cors`: ProblemCORSMiddleware's options) only wraps requests that carry an Origin;
+        # for the others all it does is add `Vary: Origin`, which send_with_id does below.
+        self.cors: ASGIApp | None = ProblemCORSMiddleware(app, **cors) if cors is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers = dict(scope["headers"])
-        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
+        incoming = declared = origin = None
+        has_body = False
+        # One pass over the request headers for everything this layer (and CORS) looks at.
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value
+            elif name == b"content-length":
+                declared = value
+                has_body = True
+            elif name == b"transfer-encoding":
+                has_body = True
+            elif name == b"origin":
+                origin = value
+        request_id = incoming.decode("latin-1") if incoming is not None else ""
+        if not REQUEST_ID_PATTERN.match(request_id):
+            request_id = os.urandom(16).hex()
         status = 500
         response_started = False
 
-        declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
             status = 413 if declared.isdigit() else 400
             await self._reject(status, request_id, scope, receive, send)
             self._log(scope, status, started, request_id)
             return
 
+        app = self.app
+        vary_origin = self.cors is not None
+        if origin is not None and self.cors is not None:
+            app, vary_origin = self.cors, False
         received = 0
         body_complete = answered = disconnected = False
         no_store = not (self.cacheable_paths and scope["path"].startswith(self.cacheable_paths))
@@ -159,21 +179,36 @@ class RequestContextMiddleware:
                 status = message["status"]
                 response_started = True
                 headers = message.get("headers", [])
+                cache_control = False
+                vary: list[bytes] = []
+                for name, value in headers:
+                    lowered = name.lower()
+                    if lowered == b"cache-control":
+                        cache_control = True
+                    elif lowered == b"vary" and vary_origin:
+                        vary.append(value)
+                if vary:
+                    # As Starlette's CORS does it: one Vary listing the app's values, then Origin.
+                    headers = [(name, value) for name, value in headers if name.lower() != b"vary"]
+                    vary.append(b"Origin")
+                    headers.append((b"vary", b", ".join(vary)))
+                elif vary_origin:
+                    headers = [*headers, VARY_ORIGIN]
                 extra = [(b"x-request-id", request_id.encode()), NOSNIFF, *scope.get(RATE_LIMIT_HEADERS, ())]
-                if no_store and not any(name.lower() == b"cache-control" for name, _ in headers):
+                if no_store and not cache_control:
                     extra.append(NO_STORE)
                 message["headers"] = [*headers, *extra]
             elif not message.get("more_body", False):
                 answered = True
             await send(message)
 
-        if not any(name in _BODY_HEADERS for name, _ in scope["headers"]):
+        if not has_body:
             # No body (a GET): the handler may never read one, so read its empty message now.
             pending = await receive()
             if not pending.get("more_body", False):
                 body_read()
         try:
-            await self.app(scope, limited_receive, send_with_id)
+            await app(scope, limited_receive, send_with_id)
         except asyncio.CancelledError:
             if not disconnected:
                 raise
@@ -181,8 +216,8 @@ class RequestContextMiddleware:
             task.uncancel()
             status = 499  # as nginx logs it
         except Exception as exc:
-            # The last resort, here rather than in Starlette's outer ServerErrorMiddleware, so a 500
-            # still carries the request id and is logged once.
+            # The last resort (Starlette's outer ServerErrorMiddleware is not used, app.main), so a
+            # 500 still carries the request id and is logged once.
             logger.error("unhandled error: %s", type(exc).__name__, exc_info=exc, extra={"request_id": request_id})
             if response_started:
                 raise

@@ -32,6 +32,8 @@ MAX_TOKEN_LENGTH = 8192
 # Verified tokens remembered (until their `exp`) so a client's repeated calls skip the signature
 # check; bounded, oldest first out. A frontend reuses one token for its 15 minutes.
 VERIFIED_CACHE_SIZE = 4096
+# The scope key under which BearerUser leaves the verified token's `exp` (Unix time).
+TOKEN_EXPIRES_AT = "app.token_expires_at"  # noqa: S105 - a scope key, not a secret
 
 
 class TokenVerifier:
@@ -200,8 +202,9 @@ class BearerUser(HTTPBearer):
             raise
         if limiter is not None:
             await limiter.charge_request(request.scope, user_id)
-        # Long-lived responses (the live events stream) end when the token does.
-        request.state.token_expires_at = expires_at
+        # Long-lived responses (the live events stream) end when the token does. In the scope rather
+        # than request.state, which would build a State object on every request.
+        request.scope[TOKEN_EXPIRES_AT] = expires_at
         return user_id
 
 

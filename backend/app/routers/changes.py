@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.types import Receive, Scope, Send
 
-from app.auth.jwt import CurrentUser
+from app.auth.jwt import TOKEN_EXPIRES_AT, CurrentUser
 from app.database import Database, Db
 from app.errors import (
     CursorExpired,
@@ -218,6 +218,6 @@ async def stream_events(
         events=request.app.state.events,
         db=db,
         owner=user,
-        expires_at=request.state.token_expires_at,
+        expires_at=request.scope[TOKEN_EXPIRES_AT],
         last_event_id=last_event_id,
     )
