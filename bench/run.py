@@ -12,6 +12,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -53,9 +54,11 @@ from taskbench.workload import (
 )
 from taskbench.wrk import Load, WrkResult, ensure_wrk, run_wrk, wrk_version
 
+_STARTED = time.monotonic()
+
 
 def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+    print(f"[bench {time.monotonic() - _STARTED:5.0f} s] {message}", file=sys.stderr, flush=True)
 
 
 def app_env(settings: Settings, secret: str) -> dict[str, str]:
@@ -154,6 +157,7 @@ def run_paired_round(
     ours_only: list[Profile],
     load: Load,
     workload: Workload,
+    then_ours: Callable[[Server], None] | None = None,
 ) -> None:
     """Both servers up at once, each profile measured on one then at once on the other (who goes first
     alternates by round and by profile), so each round gives each profile a ratio of two runs taken
@@ -165,10 +169,10 @@ def run_paired_round(
         for name, server in servers.items():
             stack.enter_context(server)
             smoke_check(server.url, workload, mcp=name == OURS and bool(ours_only))
+            db.reset(settings.database_url)  # undo its writes before the next server's checks
             samplers[name] = RssSampler(server.worker_pids())
             startups[name] = samplers[name].sample()
             samplers[name].start()
-        db.reset(settings.database_url)  # undo the pre-flight checks' writes
         for index, profile in enumerate(profiles):
             order = [OURS, BASELINE] if (round_no + index) % 2 else [BASELINE, OURS]
             for name in order:
@@ -207,21 +211,26 @@ def run_soak(bench: BenchRun, server: Server, load: Load, workload: Workload) ->
 
 
 def run_sync(bench: BenchRun, server: Server, load: Load, workload: Workload, data_file: Path) -> None:
-    """Ours only: the feed polled with nothing new (next to a GET by id), and the event delay, idle
-    and under the mixed load (taskbench/sync.py)."""
-    settings = bench.settings
+    """Ours only, on a server of its own: see measure_sync."""
     with server:
         smoke_check(server.url, workload)
-        db.reset(settings.database_url)
-        write_lua_data(workload, data_file, head_cursors(server.url, workload))
-        sync_load = Load(load.wrk, load.threads, load.connections, data_file)
-        runs = {profile.name: measure(sync_load, server, profile, settings) for profile in SYNC_PROFILES}
-        with EventProbe(server.url, workload) as idle:
-            time.sleep(min(settings.duration, 5))
-        log(f"  events, idle: {idle.delays.summary()}")
-        with EventProbe(server.url, workload) as loaded:
-            mixed = measure(sync_load, server, MIXED, settings)
-        log(f"  events, under mixed load: {loaded.delays.summary()}")
+        db.reset(bench.settings.database_url)
+        measure_sync(bench, server, load, workload, data_file)
+
+
+def measure_sync(bench: BenchRun, server: Server, load: Load, workload: Workload, data_file: Path) -> None:
+    """Ours only, on a running server: the feed polled with nothing new (next to a GET by id), and the
+    event delay, idle and under the mixed load (taskbench/sync.py)."""
+    settings = bench.settings
+    write_lua_data(workload, data_file, head_cursors(server.url, workload))
+    sync_load = Load(load.wrk, load.threads, load.connections, data_file)
+    runs = {profile.name: measure(sync_load, server, profile, settings) for profile in SYNC_PROFILES}
+    with EventProbe(server.url, workload) as idle:
+        time.sleep(min(settings.duration, 5))
+    log(f"  events, idle: {idle.delays.summary()}")
+    with EventProbe(server.url, workload) as loaded:
+        mixed = measure(sync_load, server, MIXED, settings)
+    log(f"  events, under mixed load: {loaded.delays.summary()}")
     db.reset(settings.database_url)
     bench.sync = SyncRun(runs=runs, idle=idle.delays, loaded=loaded.delays, mixed=mixed)
 
@@ -239,78 +248,57 @@ def prepare_database(settings: Settings, secret: str) -> tuple[str, db.Fixtures]
 
 
 def check_statements(
-    settings: Settings,
-    workload: Workload,
-    deep_cursor: str | None,
-    ours_is_baseline: bool,
-) -> StatementCheck:
+    settings: Settings, workload: Workload, ours_is_baseline: bool
+) -> tuple[StatementCheck, str | None]:
     """Record on the wire what each server sends PostgreSQL per request (taskbench/sqlcheck.py) and
-    compare; one worker each, pool through the recording proxy."""
+    compare (one worker each, pool through the recording proxy); on ours first, find the deep keyset
+    page's cursor (None when the API has no keyset paging). Returns (check, cursor)."""
     host, port = sqlcheck.upstream(settings.database_url)
+    deep_cursor: str | None = None
     with WireRecorder(host, port) as proxy:
         url = sqlcheck.via_proxy(settings.app_database_url, proxy.port)
         # One pooled connection each, so a few warm-up requests prepare every statement.
         pools = {"DATABASE_URL": url, "DB_POOL_SIZE": "1", "BASELINE_POOL_SIZE": "1"}
-        kinds = sqlcheck.requests(workload, deep_cursor)
         traces = {}
         for name in (OURS, BASELINE):
             as_baseline = name == BASELINE or ours_is_baseline
             server = make_server(
-                name,
-                settings,
-                workload,
-                as_baseline=as_baseline,
-                tag="sqlcheck",
-                extra_env=pools,
-                workers=1,
+                name, settings, workload, as_baseline=as_baseline, tag="sqlcheck", extra_env=pools, workers=1
             )
             with server:
-                traces[name] = sqlcheck.record(server.url, proxy, kinds)
+                if name == OURS:
+                    deep_cursor, note = deep_keyset_cursor(server.url, settings, workload)
+                    log(f"keyset: {note}")
+                traces[name] = sqlcheck.record(server.url, proxy, sqlcheck.requests(workload, deep_cursor))
     db.reset(settings.database_url)
-    check = StatementCheck(ours=traces[OURS], baseline=traces[BASELINE])
+    check = StatementCheck(ours=traces[OURS], baseline=traces[BASELINE], keyset_note=note)
     for line in check.differences():
         log(f"statements differ: {line}")
-    return check
+    return check, deep_cursor
 
 
-def deep_keyset_cursor(settings: Settings, workload: Workload) -> tuple[str | None, str]:
+def deep_keyset_cursor(base_url: str, settings: Settings, workload: Workload) -> tuple[str | None, str]:
     """The cursor of the 100,000-task user's page `keyset_pages` deep (limit 20), found by following
-    `next_cursor` from the first page on our app; (None, why) if the API has no keyset paging."""
-    server = make_server(OURS, settings, workload, as_baseline=False, tag="keyset", workers=1)
+    `next_cursor` from the first page; (None, why) if the API has no keyset paging."""
     headers = {"Authorization": f"Bearer {workload.big_token}"}
-    with (
-        server,
-        httpx.Client(base_url=server.url, timeout=30, headers=headers) as client,
-    ):
+    with httpx.Client(base_url=base_url, timeout=30, headers=headers) as client:
         page = client.get("/api/tasks", params={"limit": 20}).json()
         if "next_cursor" not in page:
-            return (
-                None,
-                "skipped: the API has no keyset paging (no next_cursor in GET /api/tasks)",
-            )
+            return None, "skipped: the API has no keyset paging (no next_cursor in GET /api/tasks)"
         log(f"keyset: following next_cursor {settings.keyset_pages - 1:,} times (limit 20)")
-        seen = 20
+        seen, cursor = 20, None
         for _ in range(settings.keyset_pages - 1):
             cursor = page.get("next_cursor")
             if not cursor:
-                return (
-                    None,
-                    f"skipped: the 100,000-task user's list ended after {seen:,} tasks",
-                )
+                return None, f"skipped: the 100,000-task user's list ended after {seen:,} tasks"
             r = client.get("/api/tasks", params={"limit": 20, "cursor": cursor})
             if r.status_code != 200:
                 raise RuntimeError(f"keyset page: {r.status_code} {r.text[:200]}")
             page = r.json()
             seen += len(page["items"])
-        if len(page["items"]) != 20:
-            return (
-                None,
-                f"skipped: page {settings.keyset_pages:,} has {len(page['items'])} tasks, not 20",
-            )
-        return (
-            cursor,
-            f"page {settings.keyset_pages:,} (tasks {seen - 19:,}-{seen:,} of the 100,000-task user)",
-        )
+        if cursor is None or len(page["items"]) != 20:
+            return None, f"skipped: page {settings.keyset_pages:,} is not a full page of 20"
+        return cursor, f"page {settings.keyset_pages:,} by next_cursor (tasks {seen - 19:,}-{seen:,}), limit 20"
 
 
 def main() -> int:
@@ -337,9 +325,8 @@ def main() -> int:
         wrk_version=wrk_version(wrk),
         users=fixtures.users,
     )
-    deep_cursor, bench.keyset_note = deep_keyset_cursor(settings, workload)
-    log(f"keyset: {bench.keyset_note}")
-    bench.statements = check_statements(settings, workload, deep_cursor, ours_is_baseline)
+    bench.statements, deep_cursor = check_statements(settings, workload, ours_is_baseline)
+    bench.keyset_note = bench.statements.keyset_note
     if bench.statements.differences() and not settings.allow_sql_drift:
         log(
             "the baseline does not send the app's statements: fix bench/baseline/asgi.py "
@@ -355,10 +342,14 @@ def main() -> int:
             # The baseline has no MCP endpoint: the agent profiles run on ours only.
             agent = [] if ours_is_baseline else MCP_PROFILES
             servers = {name: server(name, f"r{round_no}") for name in (OURS, BASELINE)}
-            run_paired_round(bench, round_no, servers, MAIN_PROFILES + scale, agent, load, workload)
-        if not ours_is_baseline:
-            log("sync: the change feed and live events (ours only)")
-            run_sync(bench, server(OURS, "sync"), load, workload, Path(tmp) / "sync.lua")
+            sync = None
+            if round_no == settings.rounds and not ours_is_baseline:
+
+                def sync(ours: Server) -> None:
+                    log("sync: the change feed and live events (ours only)")
+                    measure_sync(bench, ours, load, workload, Path(tmp) / "sync.lua")
+
+            run_paired_round(bench, round_no, servers, MAIN_PROFILES + scale, agent, load, workload, sync)
         if settings.soak > 0:
             run_soak(bench, server(OURS, "soak"), load, workload)
     bench.plans = db.explain_list_queries(settings.database_url)

@@ -30,6 +30,9 @@ PROFILE_DEFAULTS: dict[str, dict[str, int]] = {
         "BENCH_ROUNDS": 1,
         "BENCH_CONNECTIONS": 20,
         "BENCH_KEYSET_PAGES": 20,
+        # One worker: no multiprocess supervisor, whose 5 s liveness ping kills workers still importing
+        # on a loaded CI machine; `make bench` keeps 2.
+        "WEB_CONCURRENCY": 1,
     },
 }
 

@@ -44,6 +44,7 @@ class StatementCheck:
 
     ours: dict[str, Trace]
     baseline: dict[str, Trace]
+    keyset_note: str = ""  # how the deep keyset page was found, or why it was skipped
 
     def differences(self) -> list[str]:
         """One entry per request kind whose statements, transaction shape or round trips differ."""
@@ -464,7 +465,8 @@ def render(run: BenchRun) -> str:
             "",
             "> **backend/app/main.py not found: 'ours' is the baseline run twice (pipeline check, not a result).**",
         ]
-    out += ["", "## Targets (issue 12)", "", *_targets_section(run)]
+    heading = "## Targets (issue 12)" if not s.smoke else "## Targets (issue 12; a smoke run's numbers mean nothing)"
+    out += ["", heading, "", *_targets_section(run)]
     out += ["", "## Throughput and latency", "", *_table(run, MAIN_PROFILES)]
     if mcp := _mcp_table(run):
         out += [
