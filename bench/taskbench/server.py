@@ -221,7 +221,14 @@ class Server:
                 pass
             time.sleep(0.2)
         else:
-            raise RuntimeError(f"{self.name}: /health not 200 in {timeout}s; see {self.log_path}")
+            hint = ""
+            if self.log_path.read_text(errors="replace").count("died") >= 2:
+                # uvicorn kills a worker not ready within its worker health-check timeout (5 s by
+                # default), then starts another: on a CPU-starved machine none ever gets ready.
+                hint = (
+                    " (uvicorn keeps killing workers not ready in time: the machine is too busy; try WEB_CONCURRENCY=1)"
+                )
+            raise RuntimeError(f"{self.name}: /health not 200 in {timeout}s{hint}; see {self.log_path}")
         # /health may be answered by the first worker while others still boot.
         while time.monotonic() < deadline and len(self.worker_pids()) < self.workers:
             time.sleep(0.2)
