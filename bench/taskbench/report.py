@@ -176,10 +176,16 @@ def git_commit() -> str:
     """HEAD's full hash, and whether the working tree had changes (results written by runs aside)."""
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True).stdout.strip()
+        # Not strip(): `git status --porcelain` lines start with a space when only the worktree changed.
+        return subprocess.run(["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True).stdout.rstrip("\n")
 
     head = git("rev-parse", "HEAD") or "no commit yet"
-    changed = [line for line in git("status", "--porcelain").splitlines() if not line[3:].startswith("bench/results/")]
+    # Results the runs write, and a worktree's .venv link to a shared venv, are not changes to the code.
+    changed = [
+        line
+        for line in git("status", "--porcelain").splitlines()
+        if not line[3:].startswith("bench/results/") and line[3:] != ".venv"
+    ]
     return f"{head} (dirty tree: {len(changed)} changed file(s))" if changed else f"{head} (clean tree)"
 
 
