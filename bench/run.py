@@ -191,6 +191,8 @@ def run_paired_round(
                     measure(load, servers[OURS], profile, settings),
                     round_no,
                 )
+        if then_ours is not None and OURS in servers:
+            then_ours(servers[OURS])
         for name, sampler in samplers.items():
             _note_memory(bench, name, startups[name], sampler.stop())
 
