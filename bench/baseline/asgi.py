@@ -9,6 +9,8 @@ the benchmark divides our throughput by, so it does exactly the app's work per r
 - the same statements, byte for byte as the app's SQLAlchemy compiles them for asyncpg, in the same
   transaction shape and round trips (bench/taskbench/sqlcheck.py records both servers on the wire
   and the bench stops if they differ: change these strings when the app's change);
+- the same cap on connections per user (app/database.py: 4 at once, 429 after waiting 3 s), so a
+  single-user profile (the 100,000-task user) runs on as many connections on both servers;
 - the same JSON access-log line per request (app/logging.py's format, logger `app.access`) written to
   stderr like the app's, and the same response headers (X-Request-ID, nosniff, no-store, ETag).
 
@@ -19,13 +21,15 @@ per worker), DB_STATEMENT_TIMEOUT_MS (default 5000 like the app).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import os
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -326,9 +330,49 @@ def _storable(value: str) -> bool:
     return True
 
 
+class OwnerSlots:
+    """app/database.py's fairness: one owner holds at most `per_owner` connections at once; a request
+    that waits longer than `wait_timeout` for one of them is a 429 (the app's DB_MAX_SLOTS_PER_USER
+    and DB_CONNECT_TIMEOUT). A single-user profile is thereby capped alike on both servers."""
+
+    def __init__(self, pool: Any, per_owner: int, wait_timeout: float) -> None:
+        self._pool = pool
+        self._per_owner = per_owner
+        self._wait_timeout = wait_timeout
+        self._owners: dict[str, list[Any]] = {}  # owner -> [semaphore, users]
+
+    @contextlib.asynccontextmanager
+    async def connection(self, owner: str) -> AsyncIterator[Any]:
+        """A pooled connection for one of `owner`'s requests."""
+        entry = self._owners.get(owner)
+        if entry is None:
+            entry = self._owners[owner] = [asyncio.Semaphore(self._per_owner), 0]
+        entry[1] += 1
+        semaphore: asyncio.Semaphore = entry[0]
+        try:
+            try:
+                if semaphore.locked():
+                    async with asyncio.timeout(self._wait_timeout):
+                        await semaphore.acquire()
+                else:
+                    await semaphore.acquire()
+            except TimeoutError:
+                raise HTTPError(429, "Too many of your requests are in progress at once.") from None
+            try:
+                async with self._pool.acquire() as conn:
+                    yield conn
+            finally:
+                semaphore.release()
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._owners[owner]
+
+
 class App:
     def __init__(self) -> None:
         self.pool: Any = None
+        self.slots: OwnerSlots | None = None
         self.verifier: TokenVerifier | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -380,11 +424,21 @@ class App:
                 self.pool = await asyncpg.create_pool(
                     dsn_from_env(), min_size=size, max_size=size, init=init, reset=_keep_session
                 )
+                self.slots = OwnerSlots(
+                    self.pool,
+                    int(os.environ.get("DB_MAX_SLOTS_PER_USER") or 4),
+                    float(os.environ.get("DB_CONNECT_TIMEOUT") or 3.0),
+                )
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.pool.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def connection(self, user: str) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A pooled connection within `user`'s share (OwnerSlots)."""
+        assert self.slots is not None
+        return self.slots.connection(user)
 
     def authenticate(self, scope: Scope) -> str:
         for name, value in scope["headers"]:
@@ -444,7 +498,7 @@ class App:
         else:
             args = [user]
             page_sql, count_sql = LIST_SQL, COUNT_SQL
-        async with self.pool.acquire() as conn:
+        async with self.connection(user) as conn:
             rows = await conn.fetch(page_sql, *args, limit, offset)
             # Past the last page there is no row for the count to ride on: count separately (the app too).
             total = rows[0]["total"] if rows else await conn.fetchval(count_sql, *args)
@@ -456,7 +510,8 @@ class App:
         return dumps({"items": items, "total": total, "limit": limit, "offset": offset})
 
     async def get_task(self, user: str, task_id: uuid.UUID) -> tuple[Task, bytes]:
-        row = await self.pool.fetchrow(GET_SQL, task_id, user)
+        async with self.connection(user) as conn:
+            row = await conn.fetchrow(GET_SQL, task_id, user)
         if row is None:
             raise HTTPError(404, "Task not found")
         return _versioned(row)
@@ -464,7 +519,7 @@ class App:
     async def create_task(self, user: str, body: object) -> tuple[Task, bytes]:
         values = validate_fields(body, partial=False)
         now = datetime.now(UTC)
-        async with self.pool.acquire() as conn, conn.transaction(isolation=BEGIN):
+        async with self.connection(user) as conn, conn.transaction(isolation=BEGIN):
             seq = await conn.fetchval(STAMP_SQL, user, 1, 0, None, "task_changes", " ", 1)
             row = await conn.fetchrow(
                 INSERT_SQL,
@@ -487,7 +542,7 @@ class App:
         if not values:
             return await self.get_task(user, task_id)
         fields = tuple(sorted(values))
-        async with self.pool.acquire() as conn, conn.transaction(isolation=BEGIN):
+        async with self.connection(user) as conn, conn.transaction(isolation=BEGIN):
             seq = await conn.fetchval(STAMP_SQL, user, 1, 0, None, "task_changes", " ", 1)
             row = await conn.fetchrow(
                 update_sql(fields),
@@ -506,7 +561,7 @@ class App:
         # Not measured (no profile deletes), so not in the statement check: the app's statements
         # without its tombstone purge.
         now = datetime.now(UTC)
-        async with self.pool.acquire() as conn, conn.transaction(isolation=BEGIN):
+        async with self.connection(user) as conn, conn.transaction(isolation=BEGIN):
             seq = await conn.fetchval(STAMP_SQL, user, 1, 0, now, "task_changes", " ", 1)
             deleted = await conn.fetchval(DELETE_SQL, task_id, user)
             if deleted is None:
