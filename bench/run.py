@@ -305,6 +305,15 @@ def deep_keyset_cursor(base_url: str, settings: Settings, workload: Workload) ->
 
 def main() -> int:
     settings = Settings.from_env()
+    try:
+        return run_bench(settings)
+    finally:
+        if settings.own_database:
+            db.drop_database(settings.database_url)
+
+
+def run_bench(settings: Settings) -> int:
+    """The whole run (bench/README.md); the exit status."""
     wrk = ensure_wrk()
     secret = make_secret()
     schema, fixtures = prepare_database(settings, secret)

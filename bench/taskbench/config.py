@@ -19,7 +19,8 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/taskapi_bench"
 PROFILE_DATABASES = {
     "standard": DEFAULT_DATABASE_URL,
     "scale": "postgresql://postgres@127.0.0.1:5432/taskapi_bench_scale",
-    "smoke": "postgresql://postgres@127.0.0.1:5432/taskapi_bench_smoke",
+    # One per run, dropped at the end: CI runs on a shared machine may overlap.
+    "smoke": f"postgresql://postgres@127.0.0.1:5432/taskapi_bench_smoke_{os.getpid()}",
 }
 PROFILE_DEFAULTS: dict[str, dict[str, int]] = {
     "standard": {},
@@ -66,6 +67,7 @@ class Settings:
     threads: int
     soak: int
     keyset_pages: int  # the deep keyset page is this many pages (of 20) in
+    own_database: bool  # created for this run (the smoke default): dropped at the end
     allow_sql_drift: bool  # report, rather than stop at, statements that differ from the app's
 
     @property
@@ -100,4 +102,5 @@ class Settings:
             soak=number("SOAK", 0),
             keyset_pages=number("BENCH_KEYSET_PAGES", 5_000),
             allow_sql_drift=os.environ.get("BENCH_ALLOW_SQL_DRIFT", "") == "1",
+            own_database=profile == "smoke" and "BENCH_DATABASE_URL" not in os.environ,
         )

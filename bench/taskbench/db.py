@@ -131,6 +131,17 @@ async def _ensure_database(url: str) -> None:
             await conn.execute(f'CREATE DATABASE "{name}"')
 
 
+async def _drop_database(url: str) -> None:
+    parts = urlsplit(asyncpg_dsn(url))
+    async with _connect(urlunsplit(parts._replace(path="/postgres"))) as conn:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{parts.path.lstrip("/")}" WITH (FORCE)')
+
+
+def drop_database(url: str) -> None:
+    """DROP DATABASE (a run's own, at its end)."""
+    asyncio.run(_drop_database(url))
+
+
 def ensure_database(url: str) -> None:
     """CREATE DATABASE if the target does not exist yet."""
     asyncio.run(_ensure_database(url))
