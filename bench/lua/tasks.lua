@@ -119,6 +119,7 @@ local builders = {
   list_small = function() return list_req(small, "") end,
   list_big_completed = function() return list_req(big, "&status=completed") end,
   list_small_completed = function() return list_req(small, "&status=completed") end,
+  list_big_deep = function() return list_req(big, data.deep) end,
 }
 
 function request()

@@ -19,12 +19,33 @@ import asyncpg
 
 from taskbench.config import BACKEND_DIR, VENV_BIN
 
-USERS = 1_000
 TASKS_PER_USER = 100
-BIG_TASKS = 100_000
 BIG_USER = "bench-big"
 SMALL_USER = "bench-small"  # 100 tasks; never written to, so comparisons stay stable
-SEEDED_ROWS = USERS * TASKS_PER_USER + BIG_TASKS + TASKS_PER_USER
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What a database is seeded with: `users` x 100 tasks, the 100-task SMALL_USER and BIG_USER."""
+
+    name: str
+    users: int
+    big_tasks: int
+
+    @property
+    def rows(self) -> int:
+        """Tasks seeded in all."""
+        return self.users * TASKS_PER_USER + self.big_tasks + TASKS_PER_USER
+
+
+STANDARD = Dataset("standard", users=1_000, big_tasks=100_000)
+SCALE = Dataset("scale", users=10_000, big_tasks=100_000)
+SMOKE = Dataset("smoke", users=50, big_tasks=2_000)
+DATASETS = {d.name: d for d in (STANDARD, SCALE, SMOKE)}
+# The standard dataset's sizes, under the names other scripts import.
+USERS = STANDARD.users
+BIG_TASKS = STANDARD.big_tasks
+SEEDED_ROWS = STANDARD.rows
 # Every seeded row is older than this; anything newer was written by a run and
 # is deleted between runs so each run sees the same table.
 SEED_CUTOFF = datetime(2025, 1, 1, tzinfo=UTC)
@@ -82,7 +103,7 @@ COUNT_SQL = "SELECT count(*) FROM tasks WHERE {where}"
 
 
 def user_id(index: int) -> str:
-    return f"bench-u{index:04d}"
+    return f"bench-u{index:04d}"  # 4 digits: up to 10,000 users
 
 
 def asyncpg_dsn(url: str) -> str:
@@ -108,6 +129,17 @@ async def _ensure_database(url: str) -> None:
     async with _connect(urlunsplit(parts._replace(path="/postgres"))) as conn:
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
             await conn.execute(f'CREATE DATABASE "{name}"')
+
+
+async def _drop_database(url: str) -> None:
+    parts = urlsplit(asyncpg_dsn(url))
+    async with _connect(urlunsplit(parts._replace(path="/postgres"))) as conn:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{parts.path.lstrip("/")}" WITH (FORCE)')
+
+
+def drop_database(url: str) -> None:
+    """DROP DATABASE (a run's own, at its end)."""
+    asyncio.run(_drop_database(url))
 
 
 def ensure_database(url: str) -> None:
@@ -144,7 +176,7 @@ def ensure_schema(url: str, app_env: dict[str, str]) -> str:
     return "alembic"
 
 
-def _seed_rows(rng: random.Random) -> Iterator[tuple[Any, ...]]:
+def _seed_rows(rng: random.Random, dataset: Dataset) -> Iterator[tuple[Any, ...]]:
     def rows(user: str, count: int, start: datetime, step: timedelta) -> Iterator[tuple[Any, ...]]:
         for i in range(count):
             created = start + step * i
@@ -163,7 +195,7 @@ def _seed_rows(rng: random.Random) -> Iterator[tuple[Any, ...]]:
             )
 
     base = datetime(2024, 1, 1, tzinfo=UTC)
-    for index in range(USERS):
+    for index in range(dataset.users):
         yield from rows(
             user_id(index),
             TASKS_PER_USER,
@@ -171,35 +203,99 @@ def _seed_rows(rng: random.Random) -> Iterator[tuple[Any, ...]]:
             timedelta(hours=7),
         )
     yield from rows(SMALL_USER, TASKS_PER_USER, base, timedelta(hours=7))
-    yield from rows(BIG_USER, BIG_TASKS, datetime(2023, 6, 1, tzinfo=UTC), timedelta(minutes=5))
+    yield from rows(
+        BIG_USER,
+        dataset.big_tasks,
+        datetime(2023, 6, 1, tzinfo=UTC),
+        timedelta(minutes=5),
+    )
 
 
 async def _delete_run_rows(conn: Any) -> None:
     await conn.execute("DELETE FROM tasks WHERE created_at >= $1", SEED_CUTOFF)
 
 
-async def _ensure_seeded(url: str) -> bool:
+async def _has_task_counts(conn: Any) -> bool:
+    return bool(await conn.fetchval("SELECT to_regclass('task_counts') IS NOT NULL"))
+
+
+async def _seed(conn: Any, dataset: Dataset) -> None:
+    await conn.execute("TRUNCATE tasks")
+    await conn.execute("TRUNCATE change_counters, task_tombstones")
+    counted = await _has_task_counts(conn)
+    if counted:
+        # Per-row triggers would upsert task_counts once per copied row (1.1M times at scale): they
+        # are off for the COPY, and the counts are computed in one statement afterwards.
+        await conn.execute("TRUNCATE task_counts")
+        await conn.execute("ALTER TABLE tasks DISABLE TRIGGER USER")
+    try:
+        records = _seed_rows(random.Random(42), dataset)
+        await conn.copy_records_to_table("tasks", records=records, columns=COPY_COLUMNS)
+    finally:
+        if counted:
+            await conn.execute("ALTER TABLE tasks ENABLE TRIGGER USER")
+    if counted:
+        await conn.execute(RECOUNT_SQL)
+    # Each user's change counter starts at their highest change number, as migration 0004 does.
+    await conn.execute(
+        "INSERT INTO change_counters (user_id, seq, purged_seq) SELECT user_id, max(seq), 0 FROM tasks GROUP BY user_id"
+    )
+    # VACUUM sets the visibility map so count(*) can use index-only scans.
+    await conn.execute("VACUUM ANALYZE tasks")
+
+
+async def _ensure_seeded(url: str, dataset: Dataset) -> bool:
     async with _connect(url) as conn:
         await _delete_run_rows(conn)
-        if await conn.fetchval("SELECT count(*) FROM tasks") == SEEDED_ROWS:
-            return False
-        await conn.execute("TRUNCATE tasks")
-        await conn.execute("TRUNCATE change_counters, task_tombstones")
-        records = _seed_rows(random.Random(42))
-        await conn.copy_records_to_table("tasks", records=records, columns=COPY_COLUMNS)
-        # Each user's change counter starts at their highest change number, as migration 0004 does.
-        await conn.execute(
-            "INSERT INTO change_counters (user_id, seq, purged_seq) "
-            "SELECT user_id, max(seq), 0 FROM tasks GROUP BY user_id"
-        )
-        # VACUUM sets the visibility map so count(*) can use index-only scans.
-        await conn.execute("VACUUM ANALYZE tasks")
-        return True
+        if await conn.fetchval("SELECT count(*) FROM tasks") == dataset.rows:
+            seeded = False
+        else:
+            await _seed(conn, dataset)
+            seeded = True
+        if await _has_task_counts(conn) and await conn.fetchval(COUNTS_DIFFER_SQL):
+            # Seeded before the counters existed and not backfilled: count once, like a seed does.
+            print(
+                "[bench] task_counts disagrees with tasks: recounting",
+                file=sys.stderr,
+                flush=True,
+            )
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE tasks IN SHARE MODE")
+                await conn.execute("DELETE FROM task_counts")
+                await conn.execute(RECOUNT_SQL)
+        return seeded
 
 
-def ensure_seeded(url: str) -> bool:
-    """Seed once with COPY (skipped when already seeded); True if it seeded."""
-    return asyncio.run(_ensure_seeded(url))
+RECOUNT_SQL = (
+    "INSERT INTO task_counts (user_id, status, priority, n) "
+    "SELECT user_id, status, priority, count(*) FROM tasks GROUP BY user_id, status, priority"
+)
+# Rows of task_counts that differ from the real counts (a missing row counts as 0).
+COUNTS_DIFFER_SQL = """
+SELECT count(*) FROM (
+    SELECT user_id, status, priority, count(*) AS n FROM tasks GROUP BY user_id, status, priority
+) AS actual
+FULL JOIN task_counts AS kept USING (user_id, status, priority)
+WHERE coalesce(actual.n, 0) <> coalesce(kept.n, 0)
+"""
+
+
+async def _counts_differ(url: str) -> int:
+    async with _connect(url) as conn:
+        if not await _has_task_counts(conn):
+            return 0
+        return int(await conn.fetchval(COUNTS_DIFFER_SQL))
+
+
+def counts_differ(url: str) -> int:
+    """How many (user, status, priority) groups task_counts gets wrong (0 without the table)."""
+    return asyncio.run(_counts_differ(url))
+
+
+def ensure_seeded(url: str, dataset: Dataset = STANDARD) -> bool:
+    """Seed once with COPY (skipped when already seeded); True if it seeded. With a task_counts
+    table (maintained by triggers), its counts must equal the real ones afterwards."""
+    return asyncio.run(_ensure_seeded(url, dataset))
 
 
 async def _reset(url: str) -> None:
@@ -218,9 +314,10 @@ def reset(url: str) -> None:
 class Fixtures:
     pairs: list[tuple[int, str]]  # (user index, task id) for get/patch
     pg_version: str
+    users: int = USERS  # bench-u0000 ... : one token each
 
 
-async def _load_fixtures(url: str) -> Fixtures:
+async def _load_fixtures(url: str, dataset: Dataset) -> Fixtures:
     async with _connect(url) as conn:
         rows = await conn.fetch(
             "SELECT user_id, id::text AS id FROM tasks WHERE user_id LIKE 'bench-u%' AND created_at < $1",
@@ -229,12 +326,12 @@ async def _load_fixtures(url: str) -> Fixtures:
         version = await conn.fetchval("SHOW server_version")
     pairs = [(int(r["user_id"].removeprefix("bench-u")), r["id"]) for r in rows]
     sample = random.Random(7).sample(pairs, min(SAMPLE_PAIRS, len(pairs)))
-    return Fixtures(pairs=sample, pg_version=version)
+    return Fixtures(pairs=sample, pg_version=version, users=dataset.users)
 
 
-def load_fixtures(url: str) -> Fixtures:
+def load_fixtures(url: str, dataset: Dataset = STANDARD) -> Fixtures:
     """Real (user, task id) pairs for the get/patch profiles."""
-    return asyncio.run(_load_fixtures(url))
+    return asyncio.run(_load_fixtures(url, dataset))
 
 
 EXPLAINED = {

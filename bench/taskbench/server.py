@@ -48,6 +48,45 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _descendants(root: int) -> list[int]:
+    tree, out, stack = _children(), [], [root]
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(tree.get(pid, []))
+    return out
+
+
+def listens(root: int, port: int) -> bool:
+    """True if a process in `root`'s tree holds the socket listening on 127.0.0.1/0.0.0.0:`port`.
+
+    On a shared machine a port found free can be taken by someone else's server before ours binds
+    it; a /health answer from that server must not pass for ours.
+    """
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in _descendants(root):
+        try:
+            fds = list((Path("/proc") / str(pid) / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) in inodes:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 def worker_pids(root: int) -> list[int]:
     """Leaf processes under the server: the workers for uvicorn --workers N
     (and for gunicorn or a shell wrapper), or the server itself when N=1."""
@@ -140,6 +179,7 @@ class Server:
         return f"cd {self.cwd} && {self._format('$PORT')}"
 
     def __enter__(self) -> Server:
+        self.port = free_port()  # chosen as late as possible: others start servers on this machine too
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             # Own session/process group, so stop() can signal exactly this tree.
@@ -174,12 +214,21 @@ class Server:
                 raise RuntimeError(f"{self.name} exited; see {self.log_path}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    if not listens(self.proc.pid, self.port):
+                        raise RuntimeError(f"{self.name}: port {self.port} is answered by another process")
                     break
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
         else:
-            raise RuntimeError(f"{self.name}: /health not 200 in {timeout}s; see {self.log_path}")
+            hint = ""
+            if self.log_path.read_text(errors="replace").count("died") >= 2:
+                # uvicorn kills a worker not ready within its worker health-check timeout (5 s by
+                # default), then starts another: on a CPU-starved machine none ever gets ready.
+                hint = (
+                    " (uvicorn keeps killing workers not ready in time: the machine is too busy; try WEB_CONCURRENCY=1)"
+                )
+            raise RuntimeError(f"{self.name}: /health not 200 in {timeout}s{hint}; see {self.log_path}")
         # /health may be answered by the first worker while others still boot.
         while time.monotonic() < deadline and len(self.worker_pids()) < self.workers:
             time.sleep(0.2)

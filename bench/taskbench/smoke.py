@@ -63,6 +63,14 @@ def smoke_check(base_url: str, workload: Workload, *, mcp: bool = False) -> None
         )
         created = [t.get("created_at") for t in items]
         _check(failures, created == sorted(created, reverse=True), "list: newest first")
+        if body.get("next_cursor"):
+            # Keyset paging: the next page follows on, with the same total.
+            r = client.get("/api/tasks", params={"limit": 20, "cursor": body["next_cursor"]}, headers=auth)
+            after = r.json() if r.status_code == 200 else {}
+            more = after.get("items", [])
+            ok = len(more) == 20 and not {t.get("id") for t in more} & {t.get("id") for t in items}
+            ok = ok and all(t.get("created_at") <= created[-1] for t in more)
+            _check(failures, ok and after.get("total") == TASKS_PER_USER, f"list by next_cursor: {r.status_code}")
 
         r = client.get("/api/tasks", params={"limit": 20})
         _check(failures, r.status_code == 401, f"list without token: {r.status_code}")

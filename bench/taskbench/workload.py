@@ -7,10 +7,11 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import jwt
 
-from taskbench.db import BIG_USER, SMALL_USER, USERS, Fixtures, user_id
+from taskbench.db import BIG_USER, SMALL_USER, Fixtures, user_id
 
 TOKEN_TTL = 24 * 3600  # outlives the longest soak
 
@@ -35,12 +36,18 @@ SCALE_PROFILES = [
     Profile("list_big_completed", "status=completed, 100,000-task user", writes=False),
     Profile("list_small_completed", "status=completed, 100-task user", writes=False),
 ]
+# Only when the API pages by keyset (`next_cursor`): the 100,000-task user's page BENCH_KEYSET_PAGES deep.
+KEYSET_PROFILE = Profile("list_big_deep", "keyset page deep in, 100,000-task user", writes=False)
 MIXED = MAIN_PROFILES[-1]
 # The agent door (POST /mcp, tools/call find_tasks with limit 20): ours only, the baseline has none.
 # Read next to `list` above, which is the same query through GET /api/tasks?limit=20.
 MCP_PROFILES = [
     Profile("mcp_find", "MCP find_tasks (limit 20), protocol 2026-07-28", writes=False),
-    Profile("mcp_find_legacy", "MCP find_tasks (limit 20), handshake-era request", writes=False),
+    Profile(
+        "mcp_find_legacy",
+        "MCP find_tasks (limit 20), handshake-era request",
+        writes=False,
+    ),
 ]
 
 # Ours only (the baseline has no change feed): an incremental poll that finds nothing new, next to
@@ -73,15 +80,22 @@ class Workload:
 def build_workload(secret: str, fixtures: Fixtures) -> Workload:
     return Workload(
         secret=secret,
-        tokens=[make_token(secret, user_id(i)) for i in range(USERS)],
+        tokens=[make_token(secret, user_id(i)) for i in range(fixtures.users)],
         big_token=make_token(secret, BIG_USER),
         small_token=make_token(secret, SMALL_USER),
         pairs=fixtures.pairs,
     )
 
 
-def write_lua_data(workload: Workload, path: Path, cursors: list[str] | None = None) -> None:
-    """A Lua chunk returning the tokens, (token index, task id) pairs and each user's feed cursor."""
+def write_lua_data(
+    workload: Workload,
+    path: Path,
+    cursors: list[str] | None = None,
+    *,
+    deep_cursor: str | None = None,
+) -> None:
+    """A Lua chunk returning the tokens, (token index, task id) pairs, each user's feed cursor and the
+    query string of the deep keyset page."""
     # JSON string literals are valid Lua string literals for this ASCII data.
     tokens = ",\n".join(json.dumps(t) for t in workload.tokens)
     cursor_list = ",\n".join(json.dumps(c) for c in cursors or [])
@@ -94,5 +108,6 @@ def write_lua_data(workload: Workload, path: Path, cursors: list[str] | None = N
         f"big = {json.dumps(workload.big_token)},\n"
         f"small = {json.dumps(workload.small_token)},\n"
         f"cursors = {{\n{cursor_list}\n}},\n"
+        f"deep = {json.dumps('&cursor=' + quote(deep_cursor, safe='') if deep_cursor else '')},\n"
         "}\n"
     )
