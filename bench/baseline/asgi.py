@@ -22,15 +22,18 @@ per worker), DB_STATEMENT_TIMEOUT_MS (default 5000 like the app).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
+import hashlib
 import logging
 import os
+import struct
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -59,20 +62,40 @@ _TASK = (
     "tasks.user_id, tasks.created_at, tasks.updated_at"
 )
 _READ = f"{_TASK}, tasks.version"
-# Page and total in one statement: the count is an uncorrelated scalar subquery.
-LIST_SQL = (
-    f"SELECT {_TASK}, (SELECT count(*) AS count_1 FROM tasks WHERE tasks.user_id = $1::VARCHAR) AS total "
-    "FROM tasks WHERE tasks.user_id = $1::VARCHAR ORDER BY tasks.created_at DESC, tasks.id DESC LIMIT $2 OFFSET $3"
-)
-LIST_STATUS_SQL = (
-    f"SELECT {_TASK}, (SELECT count(*) AS count_1 FROM tasks WHERE tasks.user_id = $1::VARCHAR "
-    "AND tasks.status = $2::VARCHAR) AS total FROM tasks WHERE tasks.user_id = $1::VARCHAR "
-    "AND tasks.status = $2::VARCHAR ORDER BY tasks.created_at DESC, tasks.id DESC LIMIT $3 OFFSET $4"
-)
-COUNT_SQL = "SELECT count(*) AS count_1 FROM tasks WHERE tasks.user_id = $1::VARCHAR"
-COUNT_STATUS_SQL = (
-    "SELECT count(*) AS count_1 FROM tasks WHERE tasks.user_id = $1::VARCHAR AND tasks.status = $2::VARCHAR"
-)
+# Page and total in one statement: the total is an uncorrelated scalar subquery summing the per-owner
+# counters in task_counts (kept by triggers, migration 0005); a keyset page (`cursor`) starts after the
+# cursor's (created_at, id) instead of at an offset. One row more than the page says whether there is
+# a next page. Parameters: 0, owner, [status], [after created_at, after id], limit + 1, [offset].
+_COUNT = "SELECT CAST(coalesce(sum(task_counts.n), $1::INTEGER) AS BIGINT) AS coalesce_1 FROM task_counts"
+
+
+def list_sql(*, status: bool, keyset: bool) -> str:
+    """The app's page statement for the default sort (newest first)."""
+    count_where, where, i = "task_counts.user_id = $2::VARCHAR", "tasks.user_id = $2::VARCHAR", 3
+    if status:
+        count_where += f" AND task_counts.status = ${i}::VARCHAR"
+        where += f" AND tasks.status = ${i}::VARCHAR"
+        i += 1
+    if keyset:
+        where += f" AND (tasks.created_at, tasks.id) < (${i}::TIMESTAMP WITH TIME ZONE, ${i + 1}::UUID)"
+        i += 2
+    sql = (
+        f"SELECT {_TASK}, ({_COUNT} WHERE {count_where}) AS total FROM tasks WHERE {where} "
+        f"ORDER BY tasks.created_at DESC, tasks.id DESC LIMIT ${i}"
+    )
+    return sql if keyset else f"{sql} OFFSET ${i + 1}"
+
+
+def count_sql(*, status: bool) -> str:
+    """The app's count by itself (a page past the last one has no row for the total to ride on)."""
+    where = "task_counts.user_id = $2::VARCHAR" + (" AND task_counts.status = $3::VARCHAR" if status else "")
+    return f"{_COUNT} WHERE {where}"
+
+
+LIST_SQL = {
+    (status, keyset): list_sql(status=status, keyset=keyset) for status in (False, True) for keyset in (False, True)
+}
+COUNT_SQL = {status: count_sql(status=status) for status in (False, True)}
 GET_SQL = f"SELECT {_READ} FROM tasks WHERE tasks.id = $1::UUID AND tasks.user_id = $2::VARCHAR"
 # Every write first takes the owner's next change number (the row lock orders one owner's writers;
 # pg_notify wakes the live event streams at commit). Parameters: owner, 1, 0, purge due (None but
@@ -330,6 +353,46 @@ def _storable(value: str) -> bool:
     return True
 
 
+# --- page cursors: app/services/tasks.py's format (app/cursors.py's sealing), newest-first sort only --
+_PAGE_CURSOR_VERSION = 1
+_PAGE_CURSOR_PERSON = b"taskapi-page"
+_CHECK_BYTES = 6
+_HEAD = struct.Struct(">B16s")
+_MICROS = struct.Struct(">q")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+PAGE_CURSOR_MAX_LENGTH = 2048
+
+
+def page_context(user: str, status: str | None) -> bytes:
+    # Owner, sort, status, priority, due_before, due_after, q: what a cursor is bound to.
+    return orjson.dumps([user, "-created_at", status, None, None, None, None], option=orjson.OPT_UTC_Z)
+
+
+def _check(payload: bytes, context: bytes) -> bytes:
+    return hashlib.blake2b(payload + context, digest_size=_CHECK_BYTES, person=_PAGE_CURSOR_PERSON).digest()
+
+
+def encode_page_cursor(last: Task, context: bytes) -> str:
+    key = _MICROS.pack((last["created_at"] - _EPOCH) // timedelta(microseconds=1))
+    payload = _HEAD.pack(_PAGE_CURSOR_VERSION, last["id"].bytes) + key
+    return base64.urlsafe_b64encode(payload + _check(payload, context)).decode().rstrip("=")
+
+
+def decode_page_cursor(text: str, context: bytes) -> list[Any]:
+    """[created_at, id] of the row the cursor follows; 422 if it is not one issued for this context."""
+    try:
+        if len(text) > PAGE_CURSOR_MAX_LENGTH:
+            raise ValueError
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError:
+        raise HTTPError(422, "invalid cursor") from None
+    payload, check = raw[:-_CHECK_BYTES], raw[-_CHECK_BYTES:]
+    if len(payload) != _HEAD.size + _MICROS.size or check != _check(payload, context) or payload[0] != 1:
+        raise HTTPError(422, "invalid cursor")
+    after_id = uuid.UUID(bytes=payload[1 : _HEAD.size])
+    return [_EPOCH + timedelta(microseconds=_MICROS.unpack(payload[_HEAD.size :])[0]), after_id]
+
+
 class OwnerSlots:
     """app/database.py's fairness: one owner holds at most `per_owner` connections at once; a request
     that waits longer than `wait_timeout` for one of them is a 429 (the app's DB_MAX_SLOTS_PER_USER
@@ -489,25 +552,29 @@ class App:
         offset = query_int(params, "offset", 0)
         if not 1 <= limit <= MAX_LIMIT or not 0 <= offset <= 1_000_000:
             raise HTTPError(422, "invalid limit/offset")
-        status = params.get("status")
-        if status:
-            if status[0] not in STATUSES:
-                raise HTTPError(422, "invalid status")
-            args: list[Any] = [user, status[0]]
-            page_sql, count_sql = LIST_STATUS_SQL, COUNT_STATUS_SQL
+        status = params["status"][0] if params.get("status") else None
+        if status is not None and status not in STATUSES:
+            raise HTTPError(422, "invalid status")
+        cursor = params["cursor"][0] if params.get("cursor") else None
+        context = page_context(user, status)
+        count_args: list[Any] = [0, user] + ([status] if status else [])
+        if cursor is None:
+            page_args = [*count_args, limit + 1, offset]
+        elif offset:
+            raise HTTPError(422, "give `cursor` or a non-zero `offset`, not both")
         else:
-            args = [user]
-            page_sql, count_sql = LIST_SQL, COUNT_SQL
+            page_args = [*count_args, *decode_page_cursor(cursor, context), limit + 1]
         async with self.connection(user) as conn:
-            rows = await conn.fetch(page_sql, *args, limit, offset)
+            rows = await conn.fetch(LIST_SQL[status is not None, cursor is not None], *page_args)
             # Past the last page there is no row for the count to ride on: count separately (the app too).
-            total = rows[0]["total"] if rows else await conn.fetchval(count_sql, *args)
+            total = rows[0]["total"] if rows else await conn.fetchval(COUNT_SQL[status is not None], *count_args)
         items = []
-        for row in rows:
+        for row in rows[:limit]:
             item = dict(row)
             del item["total"]
             items.append(item)
-        return dumps({"items": items, "total": total, "limit": limit, "offset": offset})
+        next_cursor = encode_page_cursor(items[-1], context) if len(rows) > limit else None
+        return dumps({"items": items, "total": total, "limit": limit, "offset": offset, "next_cursor": next_cursor})
 
     async def get_task(self, user: str, task_id: uuid.UUID) -> tuple[Task, bytes]:
         async with self.connection(user) as conn:
