@@ -65,13 +65,13 @@ _READ = f"{_TASK}, tasks.version"
 # Page and total in one statement: the total is an uncorrelated scalar subquery summing the per-owner
 # counters in task_counts (kept by triggers, migration 0005); a keyset page (`cursor`) starts after the
 # cursor's (created_at, id) instead of at an offset. One row more than the page says whether there is
-# a next page. Parameters: 0, owner, [status], [after created_at, after id], limit + 1, [offset].
-_COUNT = "SELECT CAST(coalesce(sum(task_counts.n), $1::INTEGER) AS BIGINT) AS coalesce_1 FROM task_counts"
+# a next page. Parameters: owner, [status], [after created_at, after id], limit + 1, [offset].
+_COUNT = "SELECT CAST(coalesce(sum(task_counts.n), 0) AS BIGINT) AS coalesce_1 FROM task_counts"
 
 
 def list_sql(*, status: bool, keyset: bool) -> str:
     """The app's page statement for the default sort (newest first)."""
-    count_where, where, i = "task_counts.user_id = $2::VARCHAR", "tasks.user_id = $2::VARCHAR", 3
+    count_where, where, i = "task_counts.user_id = $1::VARCHAR", "tasks.user_id = $1::VARCHAR", 2
     if status:
         count_where += f" AND task_counts.status = ${i}::VARCHAR"
         where += f" AND tasks.status = ${i}::VARCHAR"
@@ -88,7 +88,7 @@ def list_sql(*, status: bool, keyset: bool) -> str:
 
 def count_sql(*, status: bool) -> str:
     """The app's count by itself (a page past the last one has no row for the total to ride on)."""
-    where = "task_counts.user_id = $2::VARCHAR" + (" AND task_counts.status = $3::VARCHAR" if status else "")
+    where = "task_counts.user_id = $1::VARCHAR" + (" AND task_counts.status = $2::VARCHAR" if status else "")
     return f"{_COUNT} WHERE {where}"
 
 
@@ -557,7 +557,7 @@ class App:
             raise HTTPError(422, "invalid status")
         cursor = params["cursor"][0] if params.get("cursor") else None
         context = page_context(user, status)
-        count_args: list[Any] = [0, user] + ([status] if status else [])
+        count_args: list[Any] = [user] + ([status] if status else [])
         if cursor is None:
             page_args = [*count_args, limit + 1, offset]
         elif offset:
