@@ -107,12 +107,6 @@ STAMP_SQL = (
     "change_counters.seq, change_counters.purged_seq, change_counters.purge_due_at, pg_notify($5::VARCHAR, "
     "concat(change_counters.seq, $6::VARCHAR, change_counters.user_id)) AS n"
 )
-INSERT_SQL = (
-    "INSERT INTO tasks (id, user_id, title, description, status, priority, due_date, created_at, updated_at, "
-    "version, seq) VALUES ($1::UUID, $2::VARCHAR, $3::VARCHAR, $4::VARCHAR, $5::VARCHAR, $6::VARCHAR, "
-    "$7::TIMESTAMP WITH TIME ZONE, $8::TIMESTAMP WITH TIME ZONE, $9::TIMESTAMP WITH TIME ZONE, $10::INTEGER, "
-    f"$11::BIGINT) RETURNING {_READ}"
-)
 # The column types SQLAlchemy casts each written field to.
 FIELD_TYPES = {
     "title": "VARCHAR",
@@ -124,18 +118,53 @@ FIELD_TYPES = {
 BEGIN = "read_committed"  # asyncpg sends BEGIN ISOLATION LEVEL READ COMMITTED, as the app's engine does
 
 
-def update_sql(fields: tuple[str, ...]) -> str:
-    """The app's UPDATE for these (sorted) fields: each field, updated_at, version + 1, seq."""
+# One round trip per single-statement write (onetrip): the stamp is a data-modifying CTE of the write
+# itself, sent on an autocommit connection (no BEGIN/COMMIT). SQLAlchemy numbers the CTE's parameters
+# after the outer statement's, hence the order below.
+def _stamp_cte(owner: int, due: int, channel: int, one: int, *, task_id: int | None = None) -> str:
+    guard = (
+        f" WHERE EXISTS (SELECT * FROM tasks AS target WHERE target.id = ${task_id}::UUID "
+        f"AND target.user_id = ${owner}::VARCHAR)"
+        if task_id is not None
+        else ""
+    )
+    return (
+        "WITH stamp AS (INSERT INTO change_counters (user_id, seq, purged_seq, purge_due_at) "
+        f"SELECT ${owner}::VARCHAR AS anon_1, 1, 0, ${due}::TIMESTAMP WITH TIME ZONE AS anon_2{guard} "
+        f"ON CONFLICT (user_id) DO UPDATE SET seq = (change_counters.seq + ${one}::BIGINT), "
+        "purge_due_at = coalesce(change_counters.purge_due_at, excluded.purge_due_at) "
+        "RETURNING change_counters.seq, change_counters.purge_due_at, "
+        f"pg_notify(${channel}::VARCHAR, concat(change_counters.seq, ${channel + 1}::VARCHAR, "
+        "change_counters.user_id)) AS n) "
+    )
+
+
+_STAMPED = f"{_READ}, tasks.seq, (SELECT stamp.purge_due_at FROM stamp) AS purge_due_at"
+# Parameters: id, owner, title, description, status, priority, due_date, created_at, updated_at, 1,
+# channel, " ", owner, purge due (None), 1.
+CREATE_SQL = (
+    _stamp_cte(13, 14, 11, 15) + "INSERT INTO tasks (id, user_id, title, description, status, priority, due_date, "
+    "created_at, updated_at, version, seq) VALUES ($1::UUID, $2::VARCHAR, $3::VARCHAR, $4::VARCHAR, $5::VARCHAR, "
+    "$6::VARCHAR, $7::TIMESTAMP WITH TIME ZONE, $8::TIMESTAMP WITH TIME ZONE, $9::TIMESTAMP WITH TIME ZONE, "
+    f"$10::INTEGER, (SELECT stamp.seq FROM stamp)) RETURNING {_STAMPED}"
+)
+
+
+def patch_sql(fields: tuple[str, ...]) -> str:
+    """The app's one-statement UPDATE for these (sorted) fields. Parameters: each field, now, 1,
+    channel, " ", owner, purge due (None), task id, 1."""
     sets = [f"{name}=${i}::{FIELD_TYPES[name]}" for i, name in enumerate(fields, start=1)]
     n = len(fields)
     sets += [
         f"updated_at=${n + 1}::TIMESTAMP WITH TIME ZONE",
         f"version=(tasks.version + ${n + 2}::INTEGER)",
-        f"seq=${n + 3}::BIGINT",
+        "seq=(SELECT stamp.seq FROM stamp)",
     ]
+    owner, task_id = n + 5, n + 7
     return (
-        f"UPDATE tasks SET {', '.join(sets)} WHERE tasks.id = ${n + 4}::UUID AND tasks.user_id = ${n + 5}::VARCHAR "
-        f"RETURNING {_READ}"
+        _stamp_cte(owner, n + 6, n + 3, n + 8, task_id=task_id) + f"UPDATE tasks SET {', '.join(sets)} "
+        f"WHERE (SELECT stamp.seq FROM stamp) IS NOT NULL AND tasks.id = ${task_id}::UUID "
+        f"AND tasks.user_id = ${owner}::VARCHAR RETURNING {_STAMPED}"
     )
 
 
@@ -586,10 +615,9 @@ class App:
     async def create_task(self, user: str, body: object) -> tuple[Task, bytes]:
         values = validate_fields(body, partial=False)
         now = datetime.now(UTC)
-        async with self.connection(user) as conn, conn.transaction(isolation=BEGIN):
-            seq = await conn.fetchval(STAMP_SQL, user, 1, 0, None, "task_changes", " ", 1)
+        async with self.connection(user) as conn:
             row = await conn.fetchrow(
-                INSERT_SQL,
+                CREATE_SQL,
                 uuid.uuid4(),
                 user,
                 values["title"],
@@ -600,7 +628,11 @@ class App:
                 now,
                 now,
                 1,
-                seq,
+                "task_changes",
+                " ",
+                user,
+                None,
+                1,
             )
         return _versioned(row)
 
@@ -609,19 +641,21 @@ class App:
         if not values:
             return await self.get_task(user, task_id)
         fields = tuple(sorted(values))
-        async with self.connection(user) as conn, conn.transaction(isolation=BEGIN):
-            seq = await conn.fetchval(STAMP_SQL, user, 1, 0, None, "task_changes", " ", 1)
+        async with self.connection(user) as conn:
             row = await conn.fetchrow(
-                update_sql(fields),
+                patch_sql(fields),
                 *(values[name] for name in fields),
                 datetime.now(UTC),
                 1,
-                seq,
-                task_id,
+                "task_changes",
+                " ",
                 user,
+                None,
+                task_id,
+                1,
             )
-            if row is None:
-                raise HTTPError(404, "Task not found")
+        if row is None:
+            raise HTTPError(404, "Task not found")
         return _versioned(row)
 
     async def delete_task(self, user: str, task_id: uuid.UUID) -> None:
@@ -639,6 +673,8 @@ class App:
 def _versioned(row: Any) -> tuple[Task, bytes]:
     task = dict(row)
     version = task.pop("version")
+    task.pop("seq", None)  # the stamp's, returned for the change feed's purge
+    task.pop("purge_due_at", None)
     return task, f'"{version}"'.encode()
 
 
