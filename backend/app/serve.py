@@ -28,6 +28,10 @@ def main() -> None:
             proxy_headers=True,
             forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
             timeout_graceful_shutdown=30,
+            # uvicorn kills a worker that does not answer its supervisor within this many seconds
+            # (default 5): on a busy small machine a starting worker can take longer, and killing it
+            # only adds load (seen as a restart loop under load average 10 on 2 cores).
+            timeout_worker_healthcheck=30,
             # Bounded request heads, read deadlines, problem+json refusals (app/httpserver.py).
             http=LimitedHttpToolsProtocol,
             ws="none",  # no WebSocket routes; an upgrade would leave the limits above behind
