@@ -14,7 +14,7 @@ help:
 	@echo "make test     the test suite (SQLite, plus PostgreSQL when reachable)"
 	@echo "make test-fast   SQLite only, in-process tests only (the inner loop, < 30 s)"
 	@echo "make token USER=alice   print a bearer token for user 'alice'"
-	@echo "make test-pooler   the PostgreSQL tests again through a local PgBouncer with TLS"
+	@echo "make test-pooler   the database-dependent PostgreSQL tests again through a local PgBouncer with TLS"
 	@echo "make lint     ruff + mypy --strict"
 	@echo "make migrate  apply database migrations"
 	@echo "make bench    benchmark against a hand-written asyncpg baseline (bench/README.md)"
@@ -53,8 +53,14 @@ test-fast: $(STAMP)
 
 # The PostgreSQL half of the suite again, through a local Neon-style pooler (PgBouncer, transaction
 # mode, TLS; scripts/pgbouncer installs and starts it).
+# Only the tests whose outcome depends on how the database is reached (statements, transactions,
+# prepared statements, time limits, faults, LISTEN/NOTIFY, migrations): token, schema, contract,
+# URL-parsing, HTTP-limit and rate-limit tests do not change behind a pooler and already ran in `make test`.
+POOLER_TESTS := test_tasks test_list test_keyset test_counts test_changes test_changes_race test_write_races \
+	test_round_trips test_idempotency test_database test_events test_faults test_statement_limits test_pooler \
+	test_migrations test_scale_out test_mcp test_health
 test-pooler: $(STAMP)
-	cd backend && TEST_DATABASE=pooler $(BIN)/pytest -k "not sqlite"
+	cd backend && TEST_DATABASE=pooler $(BIN)/pytest -k "not sqlite" $(POOLER_TESTS:%=tests/%.py)
 
 lint: $(STAMP)
 	cd backend && $(BIN)/ruff check . ../bench && $(BIN)/ruff format --check . ../bench && $(BIN)/mypy
