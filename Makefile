@@ -12,7 +12,7 @@ USER ?= demo
 help:
 	@echo "make run      install, migrate, serve on http://127.0.0.1:8000"
 	@echo "make test     the test suite (SQLite, plus PostgreSQL when reachable)"
-	@echo "make test-fast   SQLite only, in-process tests only (the inner loop, < 30 s)"
+	@echo "make test-fast   SQLite only, in-process tests only (the inner loop, about 70 s)"
 	@echo "make token USER=alice   print a bearer token for user 'alice'"
 	@echo "make test-pooler   the database-dependent PostgreSQL tests again through a local PgBouncer with TLS"
 	@echo "make lint     ruff + mypy --strict"
@@ -47,7 +47,7 @@ token: $(STAMP) .env
 test: $(STAMP)
 	cd backend && $(BIN)/pytest
 
-# The inner loop: SQLite only, in-process, no server processes or Node (under 30 s).
+# The inner loop: SQLite only, in-process, no server processes or Node (about 70 s).
 test-fast: $(STAMP)
 	cd backend && TEST_DATABASES=sqlite $(BIN)/pytest -m "not slow" -q
 
