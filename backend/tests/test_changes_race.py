@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from tests.support import auth, new_user
+from tests.support.feed import FeedCopy
 from tests.support.servers import APIServer, api_servers
 
 pytestmark = pytest.mark.slow
@@ -110,26 +111,13 @@ async def race(servers: list[APIServer], seed: int) -> Outcome:
                         live.remove(task_id)
                 outcome.writes += 1
 
-        copy: dict[str, dict[str, Any]] = {}
-        etags: dict[str, str] = {}
-        cursor: str | None = None
+        copy = FeedCopy()
 
         async def poll(limit: int) -> bool:
-            nonlocal cursor
-            params: dict[str, Any] = {"limit": limit} if cursor is None else {"since": cursor, "limit": limit}
-            response = await reader.get("/api/tasks/changes", params=params)
+            response = await reader.get("/api/tasks/changes", params=copy.params(limit))
             assert response.status_code == 200, response.text
-            page = response.json()
-            for change in page["changes"]:
-                if change["op"] == "upsert":
-                    copy[change["task"]["id"]] = change["task"]
-                    etags[change["task"]["id"]] = change["etag"]
-                else:
-                    copy.pop(change["id"], None)
-                    etags.pop(change["id"], None)
-            cursor = page["cursor"]
             outcome.polls += 1
-            return bool(page["has_more"])
+            return copy.apply(response.json())
 
         async def read() -> None:
             rng = random.Random(seed)  # noqa: S311
@@ -151,11 +139,11 @@ async def race(servers: list[APIServer], seed: int) -> Outcome:
             listed.update({task["id"]: task for task in page["items"]})
             if len(listed) >= page["total"]:
                 break
-        outcome.missing = sorted(set(listed) - set(copy))
-        outcome.extra = sorted(set(copy) - set(listed))
-        for task_id in sorted(set(copy) & set(listed)):
+        outcome.missing = sorted(set(listed) - set(copy.tasks))
+        outcome.extra = sorted(set(copy.tasks) - set(listed))
+        for task_id in sorted(set(copy.tasks) & set(listed)):
             etag = (await reader.get(f"/api/tasks/{task_id}")).headers["etag"]
-            if copy[task_id] != listed[task_id] or etag != etags[task_id]:
+            if copy.tasks[task_id] != listed[task_id] or etag != copy.etags[task_id]:
                 outcome.stale.append(task_id)
     return outcome
 

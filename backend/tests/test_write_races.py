@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from tests.support import auth, new_user
 from tests.support.apps import http_client, make_settings, running_app
+from tests.support.feed import FeedCopy
 
 WRITERS = 12
 WRITES_EACH = 30
@@ -111,25 +112,12 @@ async def test_many_writers_of_one_owner_never_deadlock_or_skip_a_change(client:
             if response.status_code == 200 and task_id in live:
                 live[task_id] = response.headers["ETag"]
 
-    copy: dict[str, dict[str, Any]] = {}
-    etags: dict[str, str] = {}
-    cursor: str | None = None
+    copy = FeedCopy()
 
     async def poll() -> bool:
-        nonlocal cursor
-        params: dict[str, Any] = {"limit": 50} if cursor is None else {"since": cursor, "limit": 50}
-        response = await client.get("/api/tasks/changes", params=params, headers=headers)
+        response = await client.get("/api/tasks/changes", params=copy.params(50), headers=headers)
         assert response.status_code == 200, response.text
-        page = response.json()
-        for change in page["changes"]:
-            if change["op"] == "upsert":
-                copy[change["task"]["id"]] = change["task"]
-                etags[change["task"]["id"]] = change["etag"]
-            else:
-                copy.pop(change["id"], None)
-                etags.pop(change["id"], None)
-        cursor = page["cursor"]
-        return bool(page["has_more"])
+        return copy.apply(response.json())
 
     async def reader() -> None:
         while not done.is_set():
@@ -152,6 +140,6 @@ async def test_many_writers_of_one_owner_never_deadlock_or_skip_a_change(client:
         listed.update({task["id"]: task for task in page["items"]})
         if len(listed) >= page["total"]:
             break
-    assert copy == listed
+    assert copy.tasks == listed
     for task_id in listed:
-        assert (await client.get(f"/api/tasks/{task_id}", headers=headers)).headers["ETag"] == etags[task_id]
+        assert (await client.get(f"/api/tasks/{task_id}", headers=headers)).headers["ETag"] == copy.etags[task_id]
