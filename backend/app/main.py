@@ -34,6 +34,7 @@ from app.middleware import RequestContextMiddleware
 from app.openapi import install_openapi
 from app.ratelimit import RateLimiter
 from app.routers import changes, health, tasks
+from app.routers.hot import HotRoutes
 from app.services import changes as change_log
 
 logger = logging.getLogger("app")
@@ -59,14 +60,22 @@ class TaskAPI(FastAPI):
 
     FastAPI wraps the app in ServerErrorMiddleware and an exception-telemetry layer; here
     RequestContextMiddleware (outermost) is the last resort for errors already, so the stack is
-    only our middleware, Starlette's ExceptionMiddleware (the exception handlers) and FastAPI's
-    AsyncExitStackMiddleware (which its request handler needs).
+    only our middleware, Starlette's ExceptionMiddleware (the exception handlers), the hot task
+    routes (app/routers/hot.py) and FastAPI's AsyncExitStackMiddleware (which its request handler
+    needs).
     """
+
+    # The hot task routes served by app/routers/hot.py (False: every request through FastAPI's
+    # routes, which tests/test_hot_routes.py compares it with).
+    hot_routes = True
 
     def build_middleware_stack(self) -> ASGIApp:
         """The middleware around the router (FastAPI's own, minus the two layers above)."""
         handlers = {key: value for key, value in self.exception_handlers.items() if key not in (500, Exception)}
-        app: ASGIApp = ExceptionMiddleware(AsyncExitStackMiddleware(self.router), handlers=handlers, debug=self.debug)
+        app: ASGIApp = AsyncExitStackMiddleware(self.router)
+        if self.hot_routes:
+            app = HotRoutes(app, self.routes)
+        app = ExceptionMiddleware(app, handlers=handlers, debug=self.debug)
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
         return app

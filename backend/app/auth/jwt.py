@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import jwt
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
+from starlette.types import Scope
 
 from app.auth.jwks import JWKSClient, JWKSUnavailable
 from app.columns import USER_ID_MAX, unstorable_reason
@@ -171,6 +172,35 @@ def _subject(claims: dict[str, Any]) -> str:
     raise Unauthorized("The token has no subject.")
 
 
+async def authenticate(scope: Scope, authorization: str, verifier: TokenVerifier, limiter: RateLimiter | None) -> str:
+    """The id of the user a request's `Authorization` header value names, or Unauthorized.
+
+    With rate limits on (app/ratelimit.py), a failed authentication counts against the client
+    address's budget, and the request against the user's read or write budget: either may be a 429.
+    The one authentication of every REST request (BearerUser and app/routers/hot.py call it).
+    """
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    try:
+        if scheme.lower() != "bearer" or not token:
+            # RFC 6750 3.1: a request without credentials gets the challenge without an error code.
+            raise Unauthorized("A bearer token is required.", error=None)
+        if limiter is not None and not verifier.remembers(token):
+            # An address over its failed-authentication budget gets no signature check.
+            limiter.refuse_blocked_address(scope)
+        user_id, expires_at = await verifier.identity(token)
+    except Unauthorized:
+        if limiter is not None:
+            await limiter.authentication_failed(scope)
+        raise
+    if limiter is not None:
+        await limiter.charge_request(scope, user_id)
+    # Long-lived responses (the live events stream) end when the token does. In the scope rather
+    # than request.state, which would build a State object on every request.
+    scope[TOKEN_EXPIRES_AT] = expires_at
+    return user_id
+
+
 class BearerUser(HTTPBearer):
     """The security scheme (so OpenAPI documents it) and the dependency that yields the user id.
 
@@ -179,33 +209,11 @@ class BearerUser(HTTPBearer):
     """
 
     async def __call__(self, request: Request) -> str:  # type: ignore[override]
-        """The id of the user the request's bearer token was issued to.
-
-        With rate limits on (app/ratelimit.py), a failed authentication counts against the client
-        address's budget, and the request against the user's read or write budget: either may be a 429.
-        """
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        token = token.strip()
-        verifier: TokenVerifier = request.app.state.verifier
-        limiter: RateLimiter | None = request.app.state.rate_limiter
-        try:
-            if scheme.lower() != "bearer" or not token:
-                # RFC 6750 3.1: a request without credentials gets the challenge without an error code.
-                raise Unauthorized("A bearer token is required.", error=None)
-            if limiter is not None and not verifier.remembers(token):
-                # An address over its failed-authentication budget gets no signature check.
-                limiter.refuse_blocked_address(request.scope)
-            user_id, expires_at = await verifier.identity(token)
-        except Unauthorized:
-            if limiter is not None:
-                await limiter.authentication_failed(request.scope)
-            raise
-        if limiter is not None:
-            await limiter.charge_request(request.scope, user_id)
-        # Long-lived responses (the live events stream) end when the token does. In the scope rather
-        # than request.state, which would build a State object on every request.
-        request.scope[TOKEN_EXPIRES_AT] = expires_at
-        return user_id
+        """The id of the user the request's bearer token was issued to (see `authenticate`)."""
+        state = request.app.state
+        return await authenticate(
+            request.scope, request.headers.get("Authorization", ""), state.verifier, state.rate_limiter
+        )
 
 
 get_current_user = BearerUser(

@@ -38,6 +38,8 @@ from app.services import tasks as service
 from app.services.idempotency import IdempotencyKeyReused
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+# The path of a task: this plus its id (the Location of a created task).
+TASK_PATH = "/api/tasks/"
 
 IfMatch = Annotated[
     str | None,
@@ -140,14 +142,18 @@ async def create_task(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Create a task owned by the caller."""
-    db = _database(request)
+    root_path = request.scope.get("root_path", "")
+    return await create(_database(request), user, body, idempotency_key, root_path=root_path)
+
+
+async def create(
+    db: Database, user: str, body: TaskCreate, idempotency_key: str | None, *, root_path: str = ""
+) -> Response:
+    """POST /api/tasks once parsed: the 201 with the created (or replayed) task."""
     # With a key the claim, the insert and the stored response are one transaction; without, one statement.
     async with db.transaction(user) if idempotency_key is not None else db.writer(user) as conn:
         created = await service.create_task(conn, user, body, idempotency_key)
-    # What request.url_for(...).path gives, without building the absolute URL first.
-    location = request.scope.get("root_path", "").rstrip("/") + request.app.url_path_for(
-        "get_task", task_id=str(created.task.id)
-    )
+    location = root_path.rstrip("/") + TASK_PATH + str(created.task.id)
     if created.replayed:
         return _task_response(created.task, 201, Location=location, **{"Idempotent-Replayed": "true"})
     return _task_response(created.task, 201, Location=location)
@@ -165,7 +171,12 @@ async def create_task(
 )
 async def list_tasks(query: Annotated[TaskListQuery, Query()], user: CurrentUser, request: Request) -> Response:
     """Filter, search, sort and page through the caller's tasks."""
-    async with _database(request).reader(user) as conn:
+    return await list_page(_database(request), user, query)
+
+
+async def list_page(db: Database, user: str, query: TaskListQuery) -> Response:
+    """GET /api/tasks once parsed: one page of the caller's matching tasks."""
+    async with db.reader(user) as conn:
         page = await service.list_tasks(conn, user, query)
     body = render_page(page.items, total=page.total, limit=page.limit, offset=page.offset, next_cursor=page.next_cursor)
     return Response(body, media_type="application/json")
@@ -185,7 +196,12 @@ async def list_tasks(query: Annotated[TaskListQuery, Query()], user: CurrentUser
 )
 async def get_task(task_id: uuid.UUID, user: CurrentUser, request: Request) -> Response:
     """One of the caller's tasks."""
-    async with _database(request).reader(user) as conn:
+    return await read(_database(request), user, task_id)
+
+
+async def read(db: Database, user: str, task_id: uuid.UUID) -> Response:
+    """GET /api/tasks/{task_id} once parsed: the task with its ETag."""
+    async with db.reader(user) as conn:
         task = await service.get_task(conn, user, task_id)
     return _task_response(task)
 
@@ -195,7 +211,7 @@ async def replace_task(
     task_id: uuid.UUID, body: TaskReplace, user: CurrentUser, request: Request, if_match: IfMatch = None
 ) -> Response:
     """Replace every field; omitted optional fields go back to their defaults."""
-    return await _update(_database(request), user, task_id, body.model_dump(), if_match)
+    return await update(_database(request), user, task_id, body.model_dump(), if_match)
 
 
 @router.patch("/{task_id}", operation_id="updateTask", summary="Update some fields of a task", **_WRITE_ROUTE)
@@ -203,12 +219,13 @@ async def update_task(
     task_id: uuid.UUID, body: TaskPatch, user: CurrentUser, request: Request, if_match: IfMatch = None
 ) -> Response:
     """Change only the fields given; `null` clears description or due_date."""
-    return await _update(_database(request), user, task_id, body.changes(), if_match)
+    return await update(_database(request), user, task_id, body.changes(), if_match)
 
 
-async def _update(
+async def update(
     db: Database, user: str, task_id: uuid.UUID, changes: dict[str, Any], if_match: str | None
 ) -> Response:
+    """PUT and PATCH once parsed: apply `changes` (every field for PUT) if `if_match` allows."""
     async with db.writer(user) as conn:
         task = await service.update_task(conn, user, task_id, changes, _if_match(if_match))
     return _task_response(task)
@@ -226,6 +243,11 @@ async def _update(
 )
 async def delete_task(task_id: uuid.UUID, user: CurrentUser, request: Request, if_match: IfMatch = None) -> Response:
     """Delete one of the caller's tasks."""
-    async with _database(request).writer(user) as conn:
+    return await remove(_database(request), user, task_id, if_match)
+
+
+async def remove(db: Database, user: str, task_id: uuid.UUID, if_match: str | None) -> Response:
+    """DELETE /api/tasks/{task_id} once parsed: 204 if deleted."""
+    async with db.writer(user) as conn:
         await service.delete_task(conn, user, task_id, _if_match(if_match))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
