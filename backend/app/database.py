@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar, Token
@@ -21,9 +22,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from app import statement_limits
 from app.dburl import connection_failure, engine_spec
-from app.errors import QueryTimeout, TooManyRequests
+from app.errors import Problem, QueryTimeout, TooManyRequests
 
 logger = logging.getLogger("app.database")
+
+# Autocommit connections (PostgreSQL, direct) stay open between requests: checking one out of
+# SQLAlchemy's pool and back in costs a short read more CPU than its statement. One idle for longer
+# than KEEP_IDLE_SECONDS, or checked out longer than KEEP_MAX_SECONDS ago, goes back through the
+# pool instead, so its recycling (pool_recycle, Neon's idle suspend) still applies.
+KEEP_IDLE_SECONDS = 10.0
+KEEP_MAX_SECONDS = 60.0
 
 # What to run once the transaction that Database.transaction (or .writer) opened in this task has committed.
 _after_commit: ContextVar[list[Callable[[], None]] | None] = ContextVar("after_commit", default=None)
@@ -126,6 +134,14 @@ class Database:
         self._owners: dict[str, _OwnerSlots] = {}
         self.wait_timeout = wait_timeout
         self.ping_timeout = ping_timeout
+        # Open autocommit connections between requests, most recently used last: (connection,
+        # checked out at, idle since). Kept + in use never exceeds the slots (see _Use).
+        self._kept: list[tuple[AsyncConnection, float, float]] = []
+        # When the pool last invalidated a connection (a restart, a network cut): a kept connection
+        # older than that is given back (the pool then replaces every connection older than the
+        # failure), as a pooled one would be, instead of failing a request of its own.
+        self._invalidated_at = 0.0
+        event.listen(engine.sync_engine, "invalidate", self._on_invalidate)
         # Behind a transaction-mode pooler the statement time limit is set per transaction.
         self._set_local_timeout = (
             None if local_timeout_ms is None else text(statement_limits.local_setting(local_timeout_ms))
@@ -149,7 +165,7 @@ class Database:
         """
         if not self._autocommit_writes:
             return self.transaction(owner)
-        return _Use(self, owner, self.read_engine.connect, None, transactional=True)
+        return _Use(self, owner, None, None, transactional=True)
 
     def reader(self, owner: str) -> _Use:
         """A connection for `owner`'s reads (`async with`), each statement committed on its own.
@@ -158,6 +174,8 @@ class Database:
         """
         if self._set_local_timeout is not None:
             return self.transaction(owner)
+        if self._autocommit_writes:
+            return _Use(self, owner, None, None, transactional=False)
         return _Use(self, owner, self.read_engine.connect, None, transactional=False)
 
     async def ping(self) -> None:
@@ -180,7 +198,42 @@ class Database:
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
+        await self._release_kept()
         await self.engine.dispose()
+
+    def _on_invalidate(self, *_: Any) -> None:
+        self._invalidated_at = time.monotonic()
+
+    async def _take_kept(self) -> tuple[AsyncConnection, float]:
+        """An open autocommit connection and when it was checked out: a kept one, else from the pool."""
+        now = time.monotonic()
+        while self._kept:
+            connection, opened_at, idle_since = self._kept.pop()
+            if not _alive(connection):
+                # The server closed it while it was kept (a restart): replaced as the pool replaces
+                # a connection that fails, together with every connection older than the failure.
+                with contextlib.suppress(SQLAlchemyError, OSError):
+                    await connection.invalidate()
+                await _close_quietly(connection)
+                continue
+            if (
+                now - idle_since <= KEEP_IDLE_SECONDS
+                and now - opened_at <= KEEP_MAX_SECONDS
+                and opened_at > self._invalidated_at
+            ):
+                return connection, opened_at
+            await _close_quietly(connection)
+        return await self.read_engine.connect().start(), now
+
+    def _keep(self, connection: AsyncConnection, opened_at: float) -> None:
+        self._kept.append((connection, opened_at, time.monotonic()))
+
+    async def _release_kept(self, limit: int | None = None) -> None:
+        """Give kept connections back to the pool (the oldest first; all when `limit` is None)."""
+        count = len(self._kept) if limit is None else min(limit, len(self._kept))
+        released, self._kept = self._kept[:count], self._kept[count:]
+        for connection, _, _ in released:
+            await _close_quietly(connection)
 
 
 class _OwnerSlots:
@@ -216,6 +269,7 @@ class _Use:
         "_context",
         "_db",
         "_open",
+        "_opened_at",
         "_owner",
         "_owner_slots",
         "_set_local",
@@ -225,7 +279,8 @@ class _Use:
         self,
         db: Database,
         owner: str,
-        open_connection: Callable[[], AbstractAsyncContextManager[AsyncConnection]],
+        # None: an autocommit connection kept open between requests (Database._take_kept).
+        open_connection: Callable[[], AbstractAsyncContextManager[AsyncConnection]] | None,
         set_local: TextClause | None,
         *,
         transactional: bool,
@@ -259,6 +314,13 @@ class _Use:
                     db.waiting -= 1
                 db.in_use += 1
                 try:
+                    if self._open is None:
+                        self._connection, self._opened_at = await db._take_kept()
+                        return self._set_after_commit()
+                    if db._kept:
+                        # This one is not kept: one kept connection goes back to the pool first, so
+                        # kept + in use stays within the slots and the pool never runs dry.
+                        await db._release_kept(1)
                     self._context = self._open()
                     self._connection = await self._context.__aenter__()
                     if self._set_local is not None:
@@ -267,9 +329,7 @@ class _Use:
                         except BaseException as exc:
                             await self._context.__aexit__(type(exc), exc, exc.__traceback__)
                             raise
-                    if self._after_commit is not None:
-                        self._after_commit_token = _after_commit.set(self._after_commit)
-                    return self._connection
+                    return self._set_after_commit()
                 except BaseException:
                     db.in_use -= 1
                     db._slots.release()
@@ -281,12 +341,20 @@ class _Use:
             self._leave()
             raise
 
+    def _set_after_commit(self) -> AsyncConnection:
+        if self._after_commit is not None:
+            self._after_commit_token = _after_commit.set(self._after_commit)
+        return self._connection
+
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         try:
             try:
-                await self._context.__aexit__(exc_type, exc, traceback)
+                if self._open is None:
+                    await self._put_back(exc)
+                else:
+                    await self._context.__aexit__(exc_type, exc, traceback)
             except SQLAlchemyError as cleanup:
                 raise _translated(cleanup) from None
             if isinstance(exc, SQLAlchemyError):
@@ -303,11 +371,45 @@ class _Use:
             self._owner_slots.semaphore.release()
             self._leave()
 
+    async def _put_back(self, exc: BaseException | None) -> None:
+        """Keep the connection open for the next request if it is as it was handed out, else close it."""
+        connection = self._connection
+        if (exc is None or isinstance(exc, Problem)) and _autocommit(connection) and not connection.invalidated:
+            self._db._keep(connection, self._opened_at)
+            return
+        if exc is not None and not isinstance(exc, Problem):
+            # A database error or a cancelled statement: the others may share the cause (a restart),
+            # so they go back to the pool too, which replaces connections older than a failure.
+            await self._db._release_kept()
+        await connection.close()
+
     def _leave(self) -> None:
         slots = self._owner_slots
         slots.users -= 1
         if slots.users == 0:
             del self._db._owners[self._owner]
+
+
+def _autocommit(connection: AsyncConnection) -> bool:
+    # A write that purged tombstones switched its connection to a transaction (app.services.changes).
+    options = connection.sync_connection.get_execution_options() if connection.sync_connection else {}
+    return bool(options.get("isolation_level") == "AUTOCOMMIT")
+
+
+def _alive(connection: AsyncConnection) -> bool:
+    # asyncpg learns of a closed socket while the connection is idle (is_closed), at no cost.
+    try:
+        driver = connection.sync_connection.connection.driver_connection  # type: ignore[union-attr]
+    except SQLAlchemyError:
+        return False
+    is_closed = getattr(driver, "is_closed", None)
+    return not (is_closed is not None and is_closed())
+
+
+async def _close_quietly(connection: AsyncConnection) -> None:
+    # Back to the pool; a connection that died while kept is the pool's to replace.
+    with contextlib.suppress(SQLAlchemyError, OSError):
+        await connection.close()
 
 
 def _run_after_commit(callbacks: list[Callable[[], None]]) -> None:
