@@ -47,10 +47,9 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from starlette.types import Scope
 
 from app.errors import RateLimited
+from app.redisclient import ReplyError, ScriptRunner, bulk
 
 if TYPE_CHECKING:
-    from redis.asyncio import ConnectionPool
-    from redis.commands.core import AsyncScript
     from starlette.applications import Starlette
 
     from app.config import Settings
@@ -80,12 +79,15 @@ class Policy:
     name: str
     item: RateLimitItem
     field: str
+    # The limit and the window length as arguments of `limits`' Redis script (encoded once).
+    redis_args: bytes
 
     @classmethod
     def parse(cls, name: str, rate: str) -> Policy:
         """The policy `name` for a `limits` rate string such as `1200/minute`."""
         item = parse(rate)
-        return cls(name, item, f'"{name}";q={item.amount};w={item.get_expiry()}')
+        redis_args = bulk(b"%d" % item.amount) + bulk(b"%d" % item.get_expiry())
+        return cls(name, item, f'"{name}";q={item.amount};w={item.get_expiry()}', redis_args)
 
     def redis_key(self, key: str) -> str:
         """The Redis key of `key`'s window: the one `limits`' RedisStorage would use."""
@@ -260,33 +262,22 @@ return results
 
 # One pending hit: its window's key, the policy, the cost, and the future its request awaits.
 _Hit = tuple[str, Policy, int, "asyncio.Future[float | None]"]
+# `cost` as the script's argument, for the usual costs (saves formatting it per hit).
+_COSTS = {cost: bulk(b"%d" % cost) for cost in range(1, 17)}
 
 
 class RedisWindows:
     """`limits`' moving windows in Redis, with the hits of concurrent requests in one round trip.
 
     A request's hit waits in a queue until the event loop's next turn; then the queue goes to
-    Redis as one script call (`_BATCH_SCRIPT`) while later hits start the next queue. A failed or
-    slow (over 100 ms) call fails every hit it carried.
+    Redis as one script call (`_BATCH_SCRIPT`, through app/redisclient.py: one pipelined
+    connection) while later hits start the next queue. A failed or slow (over 100 ms) call fails
+    every hit it carried.
     """
 
-    def __init__(self, url: str) -> None:
-        from redis.asyncio import ConnectionPool, Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        # Bounded connect and read times, and no retries (redis-py retries three times with a
-        # backoff of up to 10 s by default), so a slow Redis costs a request at most 100 ms.
-        self._pool: ConnectionPool = ConnectionPool.from_url(
-            url,
-            socket_timeout=STORAGE_TIMEOUT_S,
-            socket_connect_timeout=STORAGE_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._script: AsyncScript = Redis(connection_pool=self._pool).register_script(_BATCH_SCRIPT)
+    def __init__(self, url: str, timeout: float = STORAGE_TIMEOUT_S) -> None:
+        self._runner = ScriptRunner(url, _BATCH_SCRIPT, timeout)
         self._queue: list[_Hit] = []
-        # Strong references to the running batches (the event loop keeps only weak ones).
-        self._batches: set[asyncio.Task[None]] = set()
 
     def hit(self, policy: Policy, key: str, cost: int) -> asyncio.Future[float | None]:
         """Count `cost` against `key`'s `policy` window: resolves to None if it fits (and is
@@ -295,38 +286,42 @@ class RedisWindows:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[float | None] = loop.create_future()
         if not self._queue:
-            batch = loop.create_task(self._send())
-            self._batches.add(batch)
-            batch.add_done_callback(self._batches.discard)
+            loop.call_soon(self._send)
         self._queue.append((policy.redis_key(key), policy, cost, future))
         return future
 
     async def aclose(self) -> None:
-        """Wait for the batches on their way, then close the connections."""
-        if self._batches:
-            await asyncio.wait(self._batches)
-        await self._pool.aclose()
+        """Wait for the calls on their way (at most their timeout), then close the connection."""
+        await self._runner.aclose()
 
-    async def _send(self) -> None:
+    def _send(self) -> None:
         hits, self._queue = self._queue, []
-        keys: list[str] = []
-        args: list[float | int] = [time.time()]
-        for key, policy, cost, _ in hits:
-            keys.append(key)
-            args += (policy.item.amount, policy.item.get_expiry(), cost)
         try:
-            async with asyncio.timeout(STORAGE_TIMEOUT_S):
-                answers = await self._script(keys, args)
-        except BaseException as exc:
-            for *_, future in hits:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else ConnectionError("cancelled"))
-            if not isinstance(exc, Exception):
-                raise
+            # KEYS: the windows; ARGV: the time, then limit, expiry and cost per hit.
+            keys = b"".join(bulk(key.encode()) for key, *_ in hits)
+            args = b"".join(policy.redis_args + (_COSTS.get(cost) or bulk(b"%d" % cost)) for _, policy, cost, _ in hits)
+            body = keys + bulk(repr(time.time()).encode()) + args
+            self._runner.run(len(hits), body, 4 * len(hits) + 1, lambda reply: self._answer(hits, reply))
+        except Exception as exc:  # never leave a request waiting
+            self._answer(hits, exc)
+
+    @staticmethod
+    def _answer(hits: list[_Hit], reply: object) -> None:
+        if isinstance(reply, list) and len(reply) == len(hits):
+            for (_, policy, _, future), answer in zip(hits, reply, strict=True):
+                if future.done():  # a cancelled request's hit still counts
+                    continue
+                if answer == 0:
+                    future.set_result(None)
+                elif isinstance(answer, bytes | int):
+                    future.set_result(float(answer) + policy.item.get_expiry())
+                else:
+                    future.set_exception(ReplyError(f"unexpected answer {answer!r}"))
             return
-        for (_, policy, _, future), answer in zip(hits, answers, strict=True):
-            if not future.done():  # a cancelled request's hit still counts
-                future.set_result(None if answer == 0 else float(answer) + policy.item.get_expiry())
+        exc = reply if isinstance(reply, Exception) else ReplyError(f"unexpected reply {reply!r:.100}")
+        for *_, future in hits:
+            if not future.done():
+                future.set_exception(exc)
 
 
 def client_address(scope: Scope) -> str:
