@@ -6,7 +6,8 @@ Needs valgrind, gcc (for the callgrind client requests in cgctl.c) and the local
 
 Runs itself under `valgrind --tool=callgrind --instr-atstart=no`: the app (created from the given
 backend directory, on its own freshly migrated PostgreSQL database, HS256 token, rate limits off,
-JSON access log to /dev/null, as `make bench` serves it) answers requests through
+JSON access log to /dev/null, as `make bench` serves it; with `--rate-limit-url redis://...` rate
+limits on in that storage, budgets too large to refuse anything) answers requests through
 httpx.ASGITransport. For each route, after a warm-up, instructions are counted over N1 and over N2
 requests; per request = (count(N2) - count(N1)) / (N2 - N1), so fixed costs cancel out.
 """
@@ -48,6 +49,11 @@ def parse() -> argparse.Namespace:
         default=1.0,
         help="multiply app.middleware.WATCH_AFTER_SECONDS (if any) to undo valgrind's slowdown",
     )
+    p.add_argument(
+        "--rate-limit-url",
+        default=None,
+        help="rate limits on, in this storage (memory:// or a redis:// URL), with budgets nothing exceeds",
+    )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--child", action="store_true")
     p.add_argument("--cprofile", default=None, help="no valgrind: cProfile the N2 loop of each route into this prefix")
@@ -65,7 +71,15 @@ async def reset_database(name: str) -> None:
         await conn.close()
 
 
-def app_env(db: str) -> dict[str, str]:
+def app_env(db: str, rate_limit_url: str | None = None) -> dict[str, str]:
+    limits = {"RATE_LIMIT_ENABLED": "false"}
+    if rate_limit_url:
+        limits = {
+            "RATE_LIMIT_ENABLED": "true",
+            "RATE_LIMIT_STORAGE_URL": rate_limit_url,
+            "RATE_LIMIT_READ": "1000000/hour",
+            "RATE_LIMIT_WRITE": "1000000/hour",
+        }
     return {
         "DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{db}",
         "JWT_SECRET": SECRET,
@@ -73,7 +87,7 @@ def app_env(db: str) -> dict[str, str]:
         "JWT_ISSUER": "",
         "JWT_AUDIENCE": "",
         "JWT_JWKS_URL": "",
-        "RATE_LIMIT_ENABLED": "false",
+        **limits,
         "METRICS_ENABLED": "false",
         "ENV_FILE": "/dev/null",
         "LOG_LEVEL": "INFO",
@@ -196,7 +210,7 @@ def main() -> None:
     if args.cprofile and not args.child:
         db = args.db or f"instr_{uuid.uuid4().hex[:8]}"
         asyncio.run(reset_database(db))
-        os.environ.update(app_env(db))
+        os.environ.update(app_env(db, args.rate_limit_url))
         subprocess.run(
             [str(Path(sys.executable).parent / "alembic"), "upgrade", "head"],
             cwd=args.backend,
@@ -220,7 +234,7 @@ def main() -> None:
     for old in glob.glob(str(out / "cg.out*")):
         os.remove(old)
     asyncio.run(reset_database(db))
-    env = {**os.environ, **app_env(db)}
+    env = {**os.environ, **app_env(db, args.rate_limit_url)}
     python = sys.executable
     subprocess.run(
         [str(Path(sys.executable).parent / "alembic"), "upgrade", "head"],
