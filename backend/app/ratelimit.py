@@ -13,20 +13,23 @@ client address (README "Operating it").
   storage (per worker process) or in Redis (one budget for every worker and replica). A 429 says
   when the budget frees up again; the refusal is also remembered in the process until then, so a
   client hammering past its limit costs no storage round trips.
-- **Redis, one round trip for many requests.** A Redis call through redis-py costs a request more
-  CPU than the rest of the limit check many times over, so the hits of the requests that reach
-  the check in the same event-loop turn go to Redis together: one EVALSHA of a script that runs
-  `limits`' own moving-window script (its text, verbatim) once per hit, on `limits`' keys, and
-  answers for each hit either "counted" or the entry that blocks it, from which the 429's
-  `Retry-After` follows without a second call. Each hit is counted exactly as `limits` counts it.
+- **Redis, one round trip for many requests.** The hits of the requests that reach the check in
+  the same event-loop turn go to Redis together: one EVALSHA of a script that runs `limits`' own
+  moving-window script (its text, verbatim) once per hit, on `limits`' keys, and answers for each
+  hit either "counted" or the entry that blocks it, from which the 429's `Retry-After` follows
+  without a second call. Each hit is counted exactly as `limits` counts it. The call goes through
+  app/redisclient.py, a client of our own for exactly this (one pipelined connection per
+  process, RESP2 written and parsed directly): through redis-py's asyncio client a call cost the
+  worker several times what the rest of the limit check does.
 - **Headers**, as in draft-ietf-httpapi-ratelimit-headers-11: every response to a counted request
   carries `RateLimit-Policy: "read";q=1200;w=60`; a 429 adds `RateLimit: "read";r=0;t=12` and
   `Retry-After: 12`, after which a retry fits. `RateLimit` is left off successful responses: the
   remaining quota would cost a second storage round trip per request (section 6.2 of the draft
   allows servers to send it only near exhaustion).
-- **Failing open.** Redis unreachable or slower than 100 ms (for the round trip a request's hit
-  goes in): the request is served unchecked, the metrics count it, one warning a minute is logged,
-  and the storage is tried again after a second.
+- **Failing open.** Redis unreachable, refusing (an error reply) or slower than 100 ms (for the
+  round trip a request's hit goes in, connecting included): the request is served unchecked, the
+  metrics count it, one warning a minute is logged, and the storage is tried again after a second
+  (on a new connection: a call that failed closes the one it was on).
   A rate limit never turns a request into a 5xx.
 """
 
@@ -275,8 +278,9 @@ class RedisWindows:
     every hit it carried.
     """
 
-    def __init__(self, url: str, timeout: float = STORAGE_TIMEOUT_S) -> None:
-        self._runner = ScriptRunner(url, _BATCH_SCRIPT, timeout)
+    def __init__(self, url: str, timeout: float | None = None) -> None:
+        # STORAGE_TIMEOUT_S read now, not at import: scripts/instructions.py stretches it under valgrind.
+        self._runner = ScriptRunner(url, _BATCH_SCRIPT, STORAGE_TIMEOUT_S if timeout is None else timeout)
         self._queue: list[_Hit] = []
 
     def hit(self, policy: Policy, key: str, cost: int) -> asyncio.Future[float | None]:

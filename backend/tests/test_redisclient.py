@@ -24,6 +24,7 @@ from app.redisclient import ProtocolError, ReplyError, ScriptRunner, _Connection
 from tests.support import captured_logs, new_user
 from tests.support.apps import make_settings
 from tests.support.redis_servers import RedisServer
+from tests.support.servers import free_port
 
 READ = Policy.parse("read", "3/minute")
 
@@ -353,3 +354,71 @@ async def test_an_error_reply_fails_the_call_and_the_next_one_reconnects(server:
     finally:
         admin.close()
         await windows.aclose()
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate it signed for localhost and 127.0.0.1: (ca, cert, key) PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "ca.pem", directory / "redis.pem", directory / "redis.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+async def test_tls(tmp_path: Path) -> None:
+    ca, cert, key = make_certificates(tmp_path)
+    tls_port = free_port()
+    tls = ["--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    tls += ["--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
+    with RedisServer(tmp_path, args=tls):  # plain on its own port too (to see that it started)
+        for host, query in [("localhost", f"ssl_ca_certs={ca}"), ("127.0.0.1", "ssl_cert_reqs=none")]:
+            windows = RedisWindows(f"rediss://{host}:{tls_port}/1?{query}", timeout=5)
+            try:
+                assert await outcomes(windows, new_user(), 4) == ["ok", "ok", "ok", "refused"]
+            finally:
+                await windows.aclose()
+        # Verified by default: a certificate from an unknown CA is refused (the limits fail open).
+        windows = RedisWindows(f"rediss://localhost:{tls_port}/1", timeout=5)
+        try:
+            assert await outcomes(windows, new_user(), 1) == ["SSLCertVerificationError"]
+        finally:
+            await windows.aclose()
