@@ -84,17 +84,23 @@ class Policy:
     field: str
     # The limit and the window length as arguments of `limits`' Redis script (encoded once).
     redis_args: bytes
+    # What comes before and after a user's (or address's) key in the Redis key of their window.
+    key_head: str
+    key_tail: str
 
     @classmethod
     def parse(cls, name: str, rate: str) -> Policy:
         """The policy `name` for a `limits` rate string such as `1200/minute`."""
         item = parse(rate)
         redis_args = bulk(b"%d" % item.amount) + bulk(b"%d" % item.get_expiry())
-        return cls(name, item, f'"{name}";q={item.amount};w={item.get_expiry()}', redis_args)
+        # `limits`' own key with a placeholder for the key: its layout, built once, not per request.
+        placeholder = "\0"
+        head, _, tail = f"{RedisStorage.PREFIX}:{item.key_for(name, placeholder)}".partition(placeholder)
+        return cls(name, item, f'"{name}";q={item.amount};w={item.get_expiry()}', redis_args, head, tail)
 
     def redis_key(self, key: str) -> str:
         """The Redis key of `key`'s window: the one `limits`' RedisStorage would use."""
-        return f"{RedisStorage.PREFIX}:{self.item.key_for(self.name, key)}"
+        return self.key_head + key + self.key_tail
 
     def refusal(self, detail: str, reset_at: float) -> RateLimited:
         """The 429 for a request over this budget, which frees up at `reset_at` (epoch seconds)."""

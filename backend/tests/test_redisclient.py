@@ -128,6 +128,12 @@ def test_a_reply_nobody_asked_for_or_garbage_closes_the_connection() -> None:
     assert connection.closed and lost == [connection]
 
 
+def test_window_keys_are_limits_keys() -> None:
+    for policy in (READ, Policy.parse("write", "300/minute"), Policy.parse("auth-failures", "5/hour")):
+        for key in ("user-1", "2001:db8:1:2::/64", "203.0.113.7", "a/b"):
+            assert policy.redis_key(key) == f"LIMITS:{policy.item.key_for(policy.name, key)}"
+
+
 async def test_counts_exactly_as_limits_does(server: RedisServer) -> None:
     windows = RedisWindows(server.url)
     try:
