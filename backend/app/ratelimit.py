@@ -308,9 +308,13 @@ class RedisWindows:
         hits, self._queue = self._queue, []
         try:
             # KEYS: the windows; ARGV: the time, then limit, expiry and cost per hit.
-            keys = b"".join(bulk(key.encode()) for key, *_ in hits)
-            args = b"".join(policy.redis_args + (_COSTS.get(cost) or bulk(b"%d" % cost)) for _, policy, cost, _ in hits)
-            body = keys + bulk(repr(time.time()).encode()) + args
+            keys: list[bytes] = []
+            args = [bulk(repr(time.time()).encode())]
+            for key, policy, cost, _ in hits:
+                keys.append(bulk(key.encode()))
+                args.append(policy.redis_args)
+                args.append(_COSTS.get(cost) or bulk(b"%d" % cost))
+            body = b"".join(keys + args)
             self._runner.run(len(hits), body, 4 * len(hits) + 1, lambda reply: self._answer(hits, reply))
         except Exception as exc:  # never leave a request waiting
             self._answer(hits, exc)

@@ -180,6 +180,11 @@ def parse_reply(buffer: bytes, pos: int) -> tuple[Reply, int] | None:
             items: list[Reply] = []
             pos = end + 2
             for _ in range(count):
+                # Integers (a counted hit) inline: the script's answers are mostly these.
+                if buffer.startswith(b":", pos) and (end := buffer.find(b"\r\n", pos)) >= 0:
+                    items.append(int(buffer[pos + 1 : end]))
+                    pos = end + 2
+                    continue
                 parsed = parse_reply(buffer, pos)
                 if parsed is None:
                     return None
