@@ -302,6 +302,8 @@ class RedisWindows:
 
     async def aclose(self) -> None:
         """Wait for the calls on their way (at most their timeout), then close the connection."""
+        if self._queue:
+            await asyncio.sleep(0)  # the queued hits go out first (`_send` is due this turn)
         await self._runner.aclose()
 
     def _send(self) -> None:

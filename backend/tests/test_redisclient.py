@@ -166,6 +166,13 @@ async def test_pipelined_calls_are_answered_in_order(server: RedisServer) -> Non
         await windows.aclose()
 
 
+async def test_closing_answers_the_hits_on_their_way_first(server: RedisServer) -> None:
+    windows = RedisWindows(server.url)
+    hits = [windows.hit(READ, new_user(), 1) for _ in range(3)]  # queued, not sent yet
+    await windows.aclose()
+    assert [hit.done() and hit.result() for hit in hits] == [None, None, None]
+
+
 async def test_noscript_after_script_flush_is_recovered(server: RedisServer) -> None:
     windows = RedisWindows(server.url)
     admin = sync_client(server.url)
