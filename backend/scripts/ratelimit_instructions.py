@@ -34,7 +34,7 @@ from instructions import CGCTL, totals  # noqa: E402  (the sibling script's help
 N1, N2 = 500, 2500
 
 
-def child(backend: Path, url: str, concurrency: int) -> None:
+def child(backend: Path, url: str, concurrency: int, event_loop: str) -> None:
     """Run the checks under callgrind (the parent started it), dumping counts after N1 and N2."""
     cg = ctypes.CDLL(str(CGCTL))
     cg.cg_dump.argtypes = [ctypes.c_char_p]
@@ -78,7 +78,12 @@ def child(backend: Path, url: str, concurrency: int) -> None:
         cg.cg_stop()
         await limiter.aclose()
 
-    asyncio.run(main())
+    if event_loop == "uvloop":  # what app.serve runs on
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
     if failures:
         raise SystemExit(f"{len(failures)} checks failed open ({type(failures[0]).__name__}): counts not valid")
 
@@ -89,11 +94,12 @@ def main() -> None:
     parser.add_argument("--backend", required=True, type=Path)
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--concurrency", default="1,10,50")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loop")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     backend = args.backend.resolve()
     if args.child is not None:
-        child(backend, args.redis_url, args.child)
+        child(backend, args.redis_url, args.child, args.loop)
         return
     if not CGCTL.exists():
         subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(CGCTL), str(HERE / "cgctl.c")], check=True)
@@ -102,12 +108,12 @@ def main() -> None:
             command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}/cg.out"]
             command += [f"--log-file={out}/valgrind.txt"]  # the child's own errors still reach stderr
             command += [sys.executable, __file__, "--backend", str(backend), "--redis-url", args.redis_url]
-            command += ["--child", str(concurrency)]
+            command += ["--loop", args.loop, "--child", str(concurrency)]
             env = {**os.environ, "PYTHONHASHSEED": "0"}
             subprocess.run(command, cwd=backend, env=env, check=True)
             found = totals(Path(out))
         per_check = (found[str(N2)] - found[str(N1)]) / (N2 - N1)
-        print(f"concurrency {concurrency:3d}: {per_check / 1e3:6.0f} k instructions per check")
+        print(f"{args.loop} concurrency {concurrency:3d}: {per_check / 1e3:6.0f} k instructions per check")
 
 
 if __name__ == "__main__":
