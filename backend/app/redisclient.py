@@ -20,11 +20,12 @@ script runs here instead, on what asyncio offers directly:
   answers none); a dropped connection fails the calls on it; an error reply other than NOSCRIPT
   fails its call and closes the connection too (the next call reconnects, authenticating again).
 
-The URL is read as redis-py reads it (`parse_url`): `redis://[[username]:password@]host[:port][/db]`,
-`rediss://` (TLS, certificate and host name verified unless `ssl_cert_reqs` says otherwise),
-`redis+unix:///path/to/socket[?db=N]`, query parameters `db` and the `ssl_*` ones below. Anything
-else it might ask for is refused when the URL is read (one clear message, never the password), not
-ignored.
+The URL (`parse_url`) means what it means to redis-py: `redis://[[username]:password@]host[:port][/db]`,
+`rediss://` (TLS, certificate and host name verified unless `ssl_cert_reqs` says otherwise), query
+parameters `db` and the `ssl_*` ones below; and `redis+unix:///path/to/socket[?db=N]` (`limits`'
+name for a Unix socket). Anything else a URL might ask for (redis-py's other options, a database
+that is not a number) is refused when the URL is read, with one clear message that never holds the
+password, rather than ignored.
 """
 
 from __future__ import annotations
