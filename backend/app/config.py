@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.dburl import DatabaseURLError, engine_spec
+from app.redisclient import parse_url as parse_redis_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SQLITE_URL = f"sqlite:///{REPO_ROOT / 'backend' / 'data' / 'tasks.db'}"
@@ -197,9 +198,13 @@ class Settings(DatabaseSettings):
     @field_validator("RATE_LIMIT_STORAGE_URL")
     @classmethod
     def _rate_limit_storage(cls, value: SecretStr) -> SecretStr:
-        scheme = value.get_secret_value().partition("://")[0]
+        url = value.get_secret_value()
+        scheme = url.partition("://")[0]
         if scheme not in RATE_LIMIT_STORAGE_SCHEMES:
             raise ValueError("must be memory:// or a redis://, rediss:// or redis+unix:// URL")
+        if scheme != "memory":
+            # What the app's Redis client cannot do is refused here, at startup, not ignored.
+            parse_redis_url(url)
         return value
 
     @field_validator("METRICS_TOKEN", mode="before")

@@ -13,20 +13,23 @@ client address (README "Operating it").
   storage (per worker process) or in Redis (one budget for every worker and replica). A 429 says
   when the budget frees up again; the refusal is also remembered in the process until then, so a
   client hammering past its limit costs no storage round trips.
-- **Redis, one round trip for many requests.** A Redis call through redis-py costs a request more
-  CPU than the rest of the limit check many times over, so the hits of the requests that reach
-  the check in the same event-loop turn go to Redis together: one EVALSHA of a script that runs
-  `limits`' own moving-window script (its text, verbatim) once per hit, on `limits`' keys, and
-  answers for each hit either "counted" or the entry that blocks it, from which the 429's
-  `Retry-After` follows without a second call. Each hit is counted exactly as `limits` counts it.
+- **Redis, one round trip for many requests.** The hits of the requests that reach the check in
+  the same event-loop turn go to Redis together: one EVALSHA of a script that runs `limits`' own
+  moving-window script (its text, verbatim) once per hit, on `limits`' keys, and answers for each
+  hit either "counted" or the entry that blocks it, from which the 429's `Retry-After` follows
+  without a second call. Each hit is counted exactly as `limits` counts it. The call goes through
+  app/redisclient.py, a client of our own for exactly this (one pipelined connection per
+  process, RESP2 written and parsed directly): through redis-py's asyncio client a call cost the
+  worker several times what the rest of the limit check does.
 - **Headers**, as in draft-ietf-httpapi-ratelimit-headers-11: every response to a counted request
   carries `RateLimit-Policy: "read";q=1200;w=60`; a 429 adds `RateLimit: "read";r=0;t=12` and
   `Retry-After: 12`, after which a retry fits. `RateLimit` is left off successful responses: the
   remaining quota would cost a second storage round trip per request (section 6.2 of the draft
   allows servers to send it only near exhaustion).
-- **Failing open.** Redis unreachable or slower than 100 ms (for the round trip a request's hit
-  goes in): the request is served unchecked, the metrics count it, one warning a minute is logged,
-  and the storage is tried again after a second.
+- **Failing open.** Redis unreachable, refusing (an error reply) or slower than 100 ms (for the
+  round trip a request's hit goes in, connecting included): the request is served unchecked, the
+  metrics count it, one warning a minute is logged, and the storage is tried again after a second
+  (on a new connection: a call that failed closes the one it was on).
   A rate limit never turns a request into a 5xx.
 """
 
@@ -47,10 +50,9 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from starlette.types import Scope
 
 from app.errors import RateLimited
+from app.redisclient import ReplyError, ScriptRunner, bulk
 
 if TYPE_CHECKING:
-    from redis.asyncio import ConnectionPool
-    from redis.commands.core import AsyncScript
     from starlette.applications import Starlette
 
     from app.config import Settings
@@ -80,16 +82,25 @@ class Policy:
     name: str
     item: RateLimitItem
     field: str
+    # The limit and the window length as arguments of `limits`' Redis script (encoded once).
+    redis_args: bytes
+    # What comes before and after a user's (or address's) key in the Redis key of their window.
+    key_head: str
+    key_tail: str
 
     @classmethod
     def parse(cls, name: str, rate: str) -> Policy:
         """The policy `name` for a `limits` rate string such as `1200/minute`."""
         item = parse(rate)
-        return cls(name, item, f'"{name}";q={item.amount};w={item.get_expiry()}')
+        redis_args = bulk(b"%d" % item.amount) + bulk(b"%d" % item.get_expiry())
+        # `limits`' own key with a placeholder for the key: its layout, built once, not per request.
+        placeholder = "\0"
+        head, _, tail = f"{RedisStorage.PREFIX}:{item.key_for(name, placeholder)}".partition(placeholder)
+        return cls(name, item, f'"{name}";q={item.amount};w={item.get_expiry()}', redis_args, head, tail)
 
     def redis_key(self, key: str) -> str:
         """The Redis key of `key`'s window: the one `limits`' RedisStorage would use."""
-        return f"{RedisStorage.PREFIX}:{self.item.key_for(self.name, key)}"
+        return self.key_head + key + self.key_tail
 
     def refusal(self, detail: str, reset_at: float) -> RateLimited:
         """The 429 for a request over this budget, which frees up at `reset_at` (epoch seconds)."""
@@ -260,33 +271,23 @@ return results
 
 # One pending hit: its window's key, the policy, the cost, and the future its request awaits.
 _Hit = tuple[str, Policy, int, "asyncio.Future[float | None]"]
+# `cost` as the script's argument, for the usual costs (saves formatting it per hit).
+_COSTS = {cost: bulk(b"%d" % cost) for cost in range(1, 17)}
 
 
 class RedisWindows:
     """`limits`' moving windows in Redis, with the hits of concurrent requests in one round trip.
 
     A request's hit waits in a queue until the event loop's next turn; then the queue goes to
-    Redis as one script call (`_BATCH_SCRIPT`) while later hits start the next queue. A failed or
-    slow (over 100 ms) call fails every hit it carried.
+    Redis as one script call (`_BATCH_SCRIPT`, through app/redisclient.py: one pipelined
+    connection) while later hits start the next queue. A failed or slow (over 100 ms) call fails
+    every hit it carried.
     """
 
-    def __init__(self, url: str) -> None:
-        from redis.asyncio import ConnectionPool, Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        # Bounded connect and read times, and no retries (redis-py retries three times with a
-        # backoff of up to 10 s by default), so a slow Redis costs a request at most 100 ms.
-        self._pool: ConnectionPool = ConnectionPool.from_url(
-            url,
-            socket_timeout=STORAGE_TIMEOUT_S,
-            socket_connect_timeout=STORAGE_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._script: AsyncScript = Redis(connection_pool=self._pool).register_script(_BATCH_SCRIPT)
+    def __init__(self, url: str, timeout: float | None = None) -> None:
+        # STORAGE_TIMEOUT_S read now, not at import: scripts/instructions.py stretches it under valgrind.
+        self._runner = ScriptRunner(url, _BATCH_SCRIPT, STORAGE_TIMEOUT_S if timeout is None else timeout)
         self._queue: list[_Hit] = []
-        # Strong references to the running batches (the event loop keeps only weak ones).
-        self._batches: set[asyncio.Task[None]] = set()
 
     def hit(self, policy: Policy, key: str, cost: int) -> asyncio.Future[float | None]:
         """Count `cost` against `key`'s `policy` window: resolves to None if it fits (and is
@@ -295,38 +296,48 @@ class RedisWindows:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[float | None] = loop.create_future()
         if not self._queue:
-            batch = loop.create_task(self._send())
-            self._batches.add(batch)
-            batch.add_done_callback(self._batches.discard)
+            loop.call_soon(self._send)
         self._queue.append((policy.redis_key(key), policy, cost, future))
         return future
 
     async def aclose(self) -> None:
-        """Wait for the batches on their way, then close the connections."""
-        if self._batches:
-            await asyncio.wait(self._batches)
-        await self._pool.aclose()
+        """Wait for the calls on their way (at most their timeout), then close the connection."""
+        if self._queue:
+            await asyncio.sleep(0)  # the queued hits go out first (`_send` is due this turn)
+        await self._runner.aclose()
 
-    async def _send(self) -> None:
+    def _send(self) -> None:
         hits, self._queue = self._queue, []
-        keys: list[str] = []
-        args: list[float | int] = [time.time()]
-        for key, policy, cost, _ in hits:
-            keys.append(key)
-            args += (policy.item.amount, policy.item.get_expiry(), cost)
         try:
-            async with asyncio.timeout(STORAGE_TIMEOUT_S):
-                answers = await self._script(keys, args)
-        except BaseException as exc:
-            for *_, future in hits:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else ConnectionError("cancelled"))
-            if not isinstance(exc, Exception):
-                raise
+            # KEYS: the windows; ARGV: the time, then limit, expiry and cost per hit.
+            keys: list[bytes] = []
+            args = [bulk(repr(time.time()).encode())]
+            for key, policy, cost, _ in hits:
+                keys.append(bulk(key.encode()))
+                args.append(policy.redis_args)
+                args.append(_COSTS.get(cost) or bulk(b"%d" % cost))
+            body = b"".join(keys + args)
+            self._runner.run(len(hits), body, 4 * len(hits) + 1, lambda reply: self._answer(hits, reply))
+        except Exception as exc:  # never leave a request waiting
+            self._answer(hits, exc)
+
+    @staticmethod
+    def _answer(hits: list[_Hit], reply: object) -> None:
+        if isinstance(reply, list) and len(reply) == len(hits):
+            for (_, policy, _, future), answer in zip(hits, reply, strict=True):
+                if future.done():  # a cancelled request's hit still counts
+                    continue
+                if answer == 0:
+                    future.set_result(None)
+                elif isinstance(answer, bytes | int):
+                    future.set_result(float(answer) + policy.item.get_expiry())
+                else:
+                    future.set_exception(ReplyError(f"unexpected answer {answer!r}"))
             return
-        for (_, policy, _, future), answer in zip(hits, answers, strict=True):
-            if not future.done():  # a cancelled request's hit still counts
-                future.set_result(None if answer == 0 else float(answer) + policy.item.get_expiry())
+        exc = reply if isinstance(reply, Exception) else ReplyError(f"unexpected reply {reply!r:.100}")
+        for *_, future in hits:
+            if not future.done():
+                future.set_exception(exc)
 
 
 def client_address(scope: Scope) -> str:

@@ -6,7 +6,8 @@ Needs valgrind, gcc (for the callgrind client requests in cgctl.c) and the local
 
 Runs itself under `valgrind --tool=callgrind --instr-atstart=no`: the app (created from the given
 backend directory, on its own freshly migrated PostgreSQL database, HS256 token, rate limits off,
-JSON access log to /dev/null, as `make bench` serves it) answers requests through
+JSON access log to /dev/null, as `make bench` serves it; with `--rate-limit-url redis://...` rate
+limits on in that storage, budgets too large to refuse anything) answers requests through
 httpx.ASGITransport. For each route, after a warm-up, instructions are counted over N1 and over N2
 requests; per request = (count(N2) - count(N1)) / (N2 - N1), so fixed costs cancel out.
 """
@@ -48,6 +49,11 @@ def parse() -> argparse.Namespace:
         default=1.0,
         help="multiply app.middleware.WATCH_AFTER_SECONDS (if any) to undo valgrind's slowdown",
     )
+    p.add_argument(
+        "--rate-limit-url",
+        default=None,
+        help="rate limits on, in this storage (memory:// or a redis:// URL), with budgets nothing exceeds",
+    )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--child", action="store_true")
     p.add_argument("--cprofile", default=None, help="no valgrind: cProfile the N2 loop of each route into this prefix")
@@ -65,7 +71,15 @@ async def reset_database(name: str) -> None:
         await conn.close()
 
 
-def app_env(db: str) -> dict[str, str]:
+def app_env(db: str, rate_limit_url: str | None = None) -> dict[str, str]:
+    limits = {"RATE_LIMIT_ENABLED": "false"}
+    if rate_limit_url:
+        limits = {
+            "RATE_LIMIT_ENABLED": "true",
+            "RATE_LIMIT_STORAGE_URL": rate_limit_url,
+            "RATE_LIMIT_READ": "1000000/hour",
+            "RATE_LIMIT_WRITE": "1000000/hour",
+        }
     return {
         "DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{db}",
         "JWT_SECRET": SECRET,
@@ -73,7 +87,7 @@ def app_env(db: str) -> dict[str, str]:
         "JWT_ISSUER": "",
         "JWT_AUDIENCE": "",
         "JWT_JWKS_URL": "",
-        "RATE_LIMIT_ENABLED": "false",
+        **limits,
         "METRICS_ENABLED": "false",
         "ENV_FILE": "/dev/null",
         "LOG_LEVEL": "INFO",
@@ -126,6 +140,21 @@ async def child(args: argparse.Namespace) -> None:
             middleware.WATCH_AFTER_SECONDS *= args.watch_scale
     except ImportError:
         pass
+    storage_failures = 0
+    if args.rate_limit_url:
+        from app import ratelimit
+
+        # Valgrind runs code ~50 times slower: a 100 ms storage bound would fail most checks open
+        # (and then skip the storage for a second), which is not the cost being measured.
+        ratelimit.STORAGE_TIMEOUT_S = 10.0
+        storage_failed = ratelimit.RateLimiter._storage_failed
+
+        def count_failure(self: ratelimit.RateLimiter, exc: Exception) -> None:
+            nonlocal storage_failures
+            storage_failures += 1
+            storage_failed(self, exc)
+
+        ratelimit.RateLimiter._storage_failed = count_failure  # type: ignore[method-assign]
     app = app_main.create_app(app_main.load_settings())
     token = jwt.encode({"sub": "instr-user", "exp": int(time.time()) + 7200}, SECRET, algorithm="HS256")
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
@@ -173,6 +202,9 @@ async def child(args: argparse.Namespace) -> None:
                         await one(route)
                     cg.cg_dump(f"{route}:{n}".encode())
             cg.cg_stop()
+    if args.rate_limit_url:
+        # On stdout, which the parent passes through: counts with failures in them are not valid.
+        print(f"rate limit storage failures: {storage_failures}")
 
 
 def totals(out_dir: Path) -> dict[str, int]:
@@ -196,7 +228,7 @@ def main() -> None:
     if args.cprofile and not args.child:
         db = args.db or f"instr_{uuid.uuid4().hex[:8]}"
         asyncio.run(reset_database(db))
-        os.environ.update(app_env(db))
+        os.environ.update(app_env(db, args.rate_limit_url))
         subprocess.run(
             [str(Path(sys.executable).parent / "alembic"), "upgrade", "head"],
             cwd=args.backend,
@@ -220,7 +252,7 @@ def main() -> None:
     for old in glob.glob(str(out / "cg.out*")):
         os.remove(old)
     asyncio.run(reset_database(db))
-    env = {**os.environ, **app_env(db)}
+    env = {**os.environ, **app_env(db, args.rate_limit_url)}
     python = sys.executable
     subprocess.run(
         [str(Path(sys.executable).parent / "alembic"), "upgrade", "head"],

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -59,9 +60,10 @@ class RedisServer:
 
     `stop()` ends it (clients get connection refused), `start()` brings it back on the same port,
     `pause()`/`resume()` freeze it (SIGSTOP: connections hang, as with an overloaded server).
+    With `password` it requires it (`url` carries it); `args` are more `redis-server` options.
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, password: str | None = None, args: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             if IN_CI:
@@ -70,13 +72,17 @@ class RedisServer:
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        self.args = list(args)
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the server and wait until it answers."""
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        command += ["--dir", str(self.workdir)]
+        command += ["--dir", str(self.workdir), *self.args]
+        if self.password:
+            command += ["--requirepass", self.password]
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
