@@ -552,6 +552,7 @@ async def test_protected_resource_metadata_names_the_authorization_server(
     assert response.json()["resource"] == "http://testserver/mcp"
 
 
+@pytest.mark.one_database  # token expiry in the MCP session: no database work decides it
 async def test_token_expiring_mid_session_is_refused(server: APIServer, rest: httpx.AsyncClient) -> None:
     user = new_user()
     token = hs256_token(user, exp_in=2)
