@@ -655,6 +655,8 @@ def node() -> str:
     return node_with_packages(TS_CLIENT_DIR, "the TypeScript MCP client test")
 
 
+# A second client's interop; the tools' database work it triggers runs on both databases above.
+@pytest.mark.one_database
 async def test_typescript_sdk_lists_tools_and_calls_them(server: APIServer, rest: httpx.AsyncClient, node: str) -> None:
     user, title = new_user(), f"from TypeScript {uuid.uuid4().hex[:8]}"
     env = {
