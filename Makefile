@@ -56,6 +56,9 @@ test-fast: $(STAMP)
 # Only the tests whose outcome depends on how the database is reached (statements, transactions,
 # prepared statements, time limits, faults, LISTEN/NOTIFY, migrations): token, schema, contract,
 # URL-parsing, HTTP-limit and rate-limit tests do not change behind a pooler and already ran in `make test`.
+# Within these files, tests that do not use the session's database (their own cluster, database or
+# pooler fixture: test_pooler, test_faults, ...) are deselected too (tests/conftest.py): they would
+# repeat their `make test` run exactly.
 POOLER_TESTS := test_tasks test_list test_keyset test_counts test_changes test_changes_race test_write_races \
 	test_round_trips test_idempotency test_database test_events test_faults test_statement_limits test_pooler \
 	test_migrations test_scale_out test_mcp test_health

@@ -4,6 +4,14 @@ transport), and settings on the session's database. The harnesses live in tests/
 Every API test runs once per database. PostgreSQL is used when reachable; with CI=true an
 unreachable PostgreSQL fails the run instead of skipping. TEST_DATABASES=sqlite (what `make
 test-fast` sets) runs the SQLite half only.
+
+Which tests run on which database (`pytest_collection_modifyitems` below):
+- `@pytest.mark.one_database`: the database cannot change the outcome (token verification, JWKS,
+  HTTP limits): such a test runs on the run's first database only (SQLite, or PostgreSQL when
+  TEST_DATABASES names it alone), not again on the second.
+- TEST_DATABASE=pooler (`make test-pooler`): only tests that use the session database run. A test
+  that does not (its own PostgreSQL cluster, its own database, its own pooler fixture) does exactly
+  the same thing as in `make test`, which already ran it.
 """
 
 from __future__ import annotations
@@ -31,6 +39,25 @@ from tests.support.apps import (
 )
 
 DATABASES = [name.strip() for name in os.environ.get("TEST_DATABASES", "sqlite,postgresql").split(",") if name.strip()]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the runs that would repeat another run exactly (see the module docstring)."""
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        callspec = getattr(item, "callspec", None)
+        database = callspec.params.get("database_url") if callspec is not None else None
+        if TEST_THROUGH_POOLER and "database_url" not in fixtures:
+            drop.append(item)  # not on the pooled database: identical to its run in `make test`
+        elif database is not None and item.get_closest_marker("one_database") and database != DATABASES[0]:
+            drop.append(item)  # database-independent: once is enough
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session", params=DATABASES)

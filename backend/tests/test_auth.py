@@ -491,6 +491,7 @@ async def test_list_with_hs384_configured_accepts_only_hs384(database_url: str) 
 
 
 @pytest.mark.slow
+@pytest.mark.one_database  # the verified-token cache sits before any database work
 async def test_verified_token_cache_still_expires_at_exp(database_url: str) -> None:
     # The second call is answered from the verified-token cache; it must still honour `exp`.
     async with running_app(make_settings(database_url, JWT_LEEWAY=0)) as app, http_client(app) as client:

@@ -1,10 +1,13 @@
 """PostgreSQL crashing under a running API server: 503 problem+json with Retry-After while it is down,
 recovery without restarting the API once it is back, and no acknowledged write lost.
 
-Each test owns a throwaway PostgreSQL cluster (tests/pgcluster.py: initdb into a temporary directory,
-its own port) and a real uvicorn server on it; the shared server is never touched. The crash is
-`pg_ctl stop -m immediate`: every PostgreSQL process exits at once without a checkpoint, and the
-next start replays the WAL.
+The module owns a throwaway PostgreSQL cluster (tests/support/pgcluster.py: initdb into a temporary
+directory, its own port) and a real uvicorn server on it; the shared server is never touched. The crash
+is `pg_ctl stop -m immediate`: every PostgreSQL process exits at once without a checkpoint, and the
+next start replays the WAL. Each test crashes the cluster and brings it back, and starts from a running
+cluster and a healthy API (the `client` fixture sees to it), with users of its own: one cluster and one
+API process for the three tests (an initdb and a server start each cost seconds) lose nothing, and the
+API surviving several crashes without a restart is what production needs anyway.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import itertools
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,17 +33,18 @@ RECOVERY_TIMEOUT = 15.0  # the API must answer again this soon after PostgreSQL 
 WAIT_TIMEOUT = 30.0  # any other wait for the writers
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def cluster() -> AsyncIterator[PostgresCluster]:
-    """A private, running PostgreSQL cluster with a migrated `taskapi` database."""
+    """A private, running PostgreSQL cluster with a migrated `taskapi` database, for the module."""
     async with migrated_cluster() as cluster:
         yield cluster
 
 
-@pytest.fixture
-async def server(cluster: PostgresCluster, tmp_path: Path) -> AsyncIterator[APIServer]:
-    """The API (uvicorn, one process) serving from the private cluster."""
-    api = APIServer(cluster.url("taskapi"), tmp_path / "api.log", settings={"DB_CONNECT_TIMEOUT": "2"})
+@pytest.fixture(scope="module")
+async def server(cluster: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[APIServer]:
+    """The API (uvicorn, one process) serving from the private cluster, for the module."""
+    log = tmp_path_factory.mktemp("faults") / "api.log"
+    api = APIServer(cluster.url("taskapi"), log, settings={"DB_CONNECT_TIMEOUT": "2"})
     await asyncio.to_thread(api.start)
     try:
         yield api
@@ -50,9 +53,13 @@ async def server(cluster: PostgresCluster, tmp_path: Path) -> AsyncIterator[APIS
 
 
 @pytest.fixture
-async def client(server: APIServer) -> AsyncIterator[httpx.AsyncClient]:
-    """A real HTTP client of the server; every request is bounded."""
+async def client(cluster: PostgresCluster, server: APIServer) -> AsyncIterator[httpx.AsyncClient]:
+    """A real HTTP client of the server; every request is bounded. The test starts from a running
+    cluster and a healthy API, whatever an earlier test left behind."""
+    if not (cluster.data_dir / "postmaster.pid").exists():
+        await asyncio.to_thread(cluster.start)  # an earlier test failed while it was down
     async with httpx.AsyncClient(base_url=server.url, timeout=HTTP_TIMEOUT) as http:
+        await wait_until_healthy(http)
         yield http
 
 

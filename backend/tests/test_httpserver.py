@@ -22,8 +22,9 @@ import pytest
 from tests.support import auth, new_user
 from tests.support.servers import APIServer, Bystander, cpu_seconds, memory_kib
 
-# Real server processes: left out of `make test-fast`.
-pytestmark = pytest.mark.slow
+# Real server processes: left out of `make test-fast`. HTTP limits of uvicorn and the app's guards,
+# which act before any database work: one database is enough (tests/conftest.py).
+pytestmark = [pytest.mark.slow, pytest.mark.one_database]
 
 READ_TIMEOUT_S = 2  # HTTP_READ_TIMEOUT_S of the servers here, so the slow clients end quickly
 IO_LIMIT = 30.0

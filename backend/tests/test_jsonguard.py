@@ -101,6 +101,7 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @pytest.mark.slow
+@pytest.mark.one_database  # the guard rejects before validation and any database work
 async def test_parallel_unknown_keys_bodies_leave_others_served(server: APIServer) -> None:
     assert server.process is not None
     body = unknown_keys_body()

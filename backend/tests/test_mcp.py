@@ -552,6 +552,7 @@ async def test_protected_resource_metadata_names_the_authorization_server(
     assert response.json()["resource"] == "http://testserver/mcp"
 
 
+@pytest.mark.one_database  # token expiry in the MCP session: no database work decides it
 async def test_token_expiring_mid_session_is_refused(server: APIServer, rest: httpx.AsyncClient) -> None:
     user = new_user()
     token = hs256_token(user, exp_in=2)
@@ -654,6 +655,8 @@ def node() -> str:
     return node_with_packages(TS_CLIENT_DIR, "the TypeScript MCP client test")
 
 
+# A second client's interop; the tools' database work it triggers runs on both databases above.
+@pytest.mark.one_database
 async def test_typescript_sdk_lists_tools_and_calls_them(server: APIServer, rest: httpx.AsyncClient, node: str) -> None:
     user, title = new_user(), f"from TypeScript {uuid.uuid4().hex[:8]}"
     env = {

@@ -25,7 +25,7 @@ from app.ratelimit import RateLimiter, client_address, count_operation
 from tests.support import assert_401, assert_problem, auth, bearer, captured_logs, hs256_token, new_user
 from tests.support.apps import make_settings, migrate, running_app
 from tests.support.redis_servers import RedisServer, shared_redis
-from tests.support.servers import APIServer, free_port
+from tests.support.servers import APIServer, api_servers, free_port
 
 RATE_LIMIT_FIELD = re.compile(r'^"(read|write|auth-failures)";r=0;t=(\d+)$')
 
@@ -266,9 +266,11 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.mark.slow
 def test_ratelimit_redis_is_one_budget_across_processes(sqlite_url: str, tmp_path: Path) -> None:
     settings = {"RATE_LIMIT_ENABLED": "true", "RATE_LIMIT_STORAGE_URL": shared_redis(), "RATE_LIMIT_READ": "4/minute"}
-    first = APIServer(sqlite_url, tmp_path / "api-1.log", settings=settings)
-    second = APIServer(sqlite_url, tmp_path / "api-2.log", settings=settings)
-    with first, second, httpx.Client(base_url=first.url) as a, httpx.Client(base_url=second.url) as b:
+    with (
+        api_servers(sqlite_url, tmp_path, 2, settings=settings) as (first, second),
+        httpx.Client(base_url=first.url) as a,
+        httpx.Client(base_url=second.url) as b,
+    ):
         headers = auth(new_user())
         # Four requests alternating between the two processes use the one budget up...
         assert [_get(a, headers), _get(b, headers), _get(a, headers), _get(b, headers)] == [200] * 4

@@ -145,6 +145,12 @@ def better_auth_with(harness: None) -> Iterator[Callable[[str], BetterAuthServer
         yield get
 
 
+# Token verification only (expiry, issuer, audience, keys): the database cannot change the outcome,
+# so these run on the first database only (tests/conftest.py). The tests that store and list tasks
+# of Better Auth users run on both.
+one_database = pytest.mark.one_database
+
+
 # --- a stock setup end to end -------------------------------------------------------------------
 
 
@@ -188,6 +194,7 @@ async def test_tasks_with_better_auth_tokens_are_created_listed_and_isolated(
         assert (await api.client.delete(url, headers=bearer(alice.token))).status_code == 204
 
 
+@one_database
 async def test_list_with_token_from_second_sign_in_is_accepted(
     better_auth: BetterAuthServer, database_url: str
 ) -> None:
@@ -201,6 +208,7 @@ async def test_list_with_token_from_second_sign_in_is_accepted(
         assert [t["id"] for t in listed["items"]] == [created.json()["id"]]
 
 
+@one_database
 async def test_list_with_expired_better_auth_token_is_401(short_lived: BetterAuthServer, database_url: str) -> None:
     user = await new_user(short_lived)
     # No leeway, so the test need not wait the default 30 s past expiry.
@@ -211,6 +219,7 @@ async def test_list_with_expired_better_auth_token_is_401(short_lived: BetterAut
         assert_401(await api.get("/api/tasks", user.token))
 
 
+@one_database
 async def test_list_with_token_from_other_better_auth_instance_is_401(
     better_auth: BetterAuthServer, impostor: BetterAuthServer, database_url: str
 ) -> None:
@@ -223,6 +232,7 @@ async def test_list_with_token_from_other_better_auth_instance_is_401(
         assert_401(await api.get("/api/tasks", stranger.token))
 
 
+@one_database
 async def test_list_with_token_for_other_audience_is_401(better_auth: BetterAuthServer, database_url: str) -> None:
     user = await new_user(better_auth)
     async with api_for(better_auth, database_url, JWT_AUDIENCE="https://another-api.example.test") as api:
@@ -231,6 +241,7 @@ async def test_list_with_token_for_other_audience_is_401(better_auth: BetterAuth
         assert_401(await api.get("/api/tasks", user.token))
 
 
+@one_database
 async def test_rotation_of_better_auth_keys_is_survived(rotating: BetterAuthServer, database_url: str) -> None:
     session = await asyncio.to_thread(sign_up, rotating.base_url, _email(), PASSWORD, "Dana")
     old_token = await asyncio.to_thread(get_token, session)
@@ -254,6 +265,7 @@ async def test_rotation_of_better_auth_keys_is_survived(rotating: BetterAuthServ
         assert [t["id"] for t in listed["items"]] == [created.json()["id"]]
 
 
+@one_database
 @pytest.mark.parametrize("alg", OTHER_ALGORITHMS)
 async def test_create_with_better_auth_token_of_each_algorithm_is_accepted(
     better_auth_with: Callable[[str], BetterAuthServer], database_url: str, alg: str
@@ -269,6 +281,7 @@ async def test_create_with_better_auth_token_of_each_algorithm_is_accepted(
         assert [t["title"] for t in listed["items"]] == [alg]
 
 
+@one_database
 @pytest.mark.parametrize("alg", OTHER_ALGORITHMS)
 async def test_list_with_better_auth_algorithm_outside_allow_list_is_401(
     better_auth_with: Callable[[str], BetterAuthServer], database_url: str, alg: str

@@ -70,6 +70,11 @@ class APIServer:
 
     def start(self, *, timeout: float = 30.0) -> None:
         """Start the server and wait until `/health` answers (200 or 503) or fail with its log."""
+        self.launch()
+        self.wait_ready(timeout=timeout)
+
+    def launch(self) -> None:
+        """Start the server process without waiting for it (see `wait_ready`)."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "app.serve"],
@@ -80,6 +85,10 @@ class APIServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stop() ends the workers too
             )
+
+    def wait_ready(self, *, timeout: float = 30.0) -> None:
+        """Wait until the launched server's `/health` answers (200 or 503), or stop it and fail with its log."""
+        assert self.process is not None, "launch() first"
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=2.0) as client:
             while time.monotonic() < deadline:
@@ -143,8 +152,12 @@ def api_servers(
         for index in range(count)
     ]
     try:
+        # Launched together, then awaited: the processes import and start side by side (on two cores
+        # that halves the wait), and each still has to answer /health before the test begins.
         for server in servers:
-            server.start()
+            server.launch()
+        for server in servers:
+            server.wait_ready()
         yield servers
     finally:
         for server in servers:
