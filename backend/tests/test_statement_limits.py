@@ -91,11 +91,11 @@ async def test_owner_holds_at_most_their_share_of_slots(limited_app: FastAPI) ->
     assert db._owners == {}
 
 
-async def seed_hostile(app: FastAPI, owner: str) -> None:
-    """HOSTILE_TASKS tasks whose descriptions make a naive substring search slow."""
+async def seed_hostile(app: FastAPI, owner: str, count: int = HOSTILE_TASKS) -> None:
+    """`count` tasks whose descriptions make a naive substring search slow."""
     db: Database = app.state.database
     async with db.transaction(owner) as conn:
-        for index in range(HOSTILE_TASKS):
+        for index in range(count):
             data = TaskCreate(title=f"hostile {index}", description=HOSTILE_DESCRIPTION)
             await service.create_task(conn, owner, data)
 
@@ -142,7 +142,9 @@ async def test_abandoned_request_releases_its_slot(database_url: str, backend: s
     settings = {"DB_STATEMENT_TIMEOUT_MS": "60000", "DB_MAX_SLOTS_PER_USER": "1", "DB_CONNECT_TIMEOUT": "1"}
     hostile = new_user()
     async with running_app(make_settings(database_url)) as app:
-        await seed_hostile(app, hostile)
+        # Enough for the search to outlast the server's wait before it watches for a disconnect
+        # (app.middleware.WATCH_AFTER_SECONDS, 1 s) on a fast, idle machine too: 300 took 0.85 s.
+        await seed_hostile(app, hostile, count=HOSTILE_TASKS * 6)
     with APIServer(database_url, tmp_path / "api.log", settings=settings) as server:
         path = f"/api/tasks?limit=1&q={HOSTILE_QUERY}"
         request = f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {hs256_token(hostile)}\r\n\r\n"
