@@ -23,16 +23,18 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.auth.jwt import authenticate
+from app.database import Database
 from app.routers import tasks
 from app.schemas.task import TaskCreate, TaskListQuery, TaskPatch, TaskReplace
 
@@ -48,15 +50,117 @@ _IF_MATCH = b"if-match"
 _IDEMPOTENCY_KEY = b"idempotency-key"
 _READ_HEADERS = frozenset({_AUTHORIZATION, _CONTENT_TYPE, _IF_MATCH, _IDEMPOTENCY_KEY})
 _JSON = b"application/json"
-# The FastAPI endpoints (in app/routers/tasks.py) whose requests this layer can serve.
-_ENDPOINTS = ("list_tasks", "create_task", "get_task", "replace_task", "update_task", "delete_task")
 
 _Model = TypeVar("_Model", bound=BaseModel)
-Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class _Decline(Exception):
     """The request is not one this layer serves: FastAPI's route answers it."""
+
+
+class _Body:
+    """A request's body, read as JSON on demand; every message read is kept so that a declined
+    request reaches FastAPI's route whole.
+    """
+
+    __slots__ = ("messages", "receive")
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.messages: list[Message] = []
+
+    async def json(self, headers: dict[bytes, bytes]) -> Any:
+        """The JSON document of an `application/json` body, else _Decline."""
+        content_type = headers.get(_CONTENT_TYPE)
+        if content_type is None or content_type.split(b";", 1)[0].strip().lower() != _JSON:
+            raise _Decline
+        chunks: list[bytes] = []
+        while True:
+            message = await self.receive()
+            self.messages.append(message)
+            if message["type"] != "http.request":
+                raise _Decline  # the client left mid-body: FastAPI's route deals with it as ever
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        try:
+            # Where orjson reads a document, it reads what json.loads (FastAPI's parser) does; what it
+            # refuses (NaN, integers over 64 bits, lone surrogates, other encodings) FastAPI decides.
+            return orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError:
+            raise _Decline from None
+
+    def replay(self) -> Receive:
+        """`receive` with the messages already read put back in front."""
+        if not self.messages:
+            return self.receive
+        pending, receive = list(self.messages), self.receive
+
+        async def replayed() -> Message:
+            if pending:
+                return pending.pop(0)
+            return await receive()
+
+        return replayed
+
+
+# A hot route in two steps. `parse` checks the request's inputs as FastAPI would (raising _Decline
+# for anything it cannot vouch for) and reads nothing else; `act` runs once the token is checked,
+# with the owner, and builds the response with app/routers/tasks.py.
+Parse = Callable[[Scope, dict[bytes, bytes], _Body], Awaitable[Any]]
+Act = Callable[[Database, str, Scope, dict[bytes, bytes], Any], Awaitable[Response]]
+
+
+class _Hot(NamedTuple):
+    route: APIRoute
+    parse: Parse
+    act: Act
+
+
+async def _no_input(scope: Scope, headers: dict[bytes, bytes], body: _Body) -> None:
+    return None  # the path's task id is all (the route match checked it)
+
+
+async def _list_query(scope: Scope, headers: dict[bytes, bytes], body: _Body) -> TaskListQuery:
+    pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+    params = dict(pairs)
+    if len(params) != len(pairs) or not _QUERY_FIELDS.issuperset(params):
+        raise _Decline
+    return _valid(TaskListQuery, params)
+
+
+async def _create_body(scope: Scope, headers: dict[bytes, bytes], body: _Body) -> TaskCreate:
+    if _IDEMPOTENCY_KEY in headers:
+        raise _Decline  # the transactional path, rarely taken: FastAPI's route validates the key
+    return _valid(TaskCreate, await body.json(headers))
+
+
+async def _replacement(scope: Scope, headers: dict[bytes, bytes], body: _Body) -> dict[str, Any]:
+    return _valid(TaskReplace, await body.json(headers)).model_dump()
+
+
+async def _patch_changes(scope: Scope, headers: dict[bytes, bytes], body: _Body) -> dict[str, Any]:
+    return _valid(TaskPatch, await body.json(headers)).changes()
+
+
+async def _list(db: Database, user: str, scope: Scope, headers: dict[bytes, bytes], query: Any) -> Response:
+    return await tasks.list_page(db, user, query)
+
+
+async def _create(db: Database, user: str, scope: Scope, headers: dict[bytes, bytes], body: Any) -> Response:
+    return await tasks.create(db, user, body, None)
+
+
+async def _get(db: Database, user: str, scope: Scope, headers: dict[bytes, bytes], _: Any) -> Response:
+    return await tasks.read(db, user, _task_id(scope))
+
+
+async def _update(db: Database, user: str, scope: Scope, headers: dict[bytes, bytes], changes: Any) -> Response:
+    return await tasks.update(db, user, _task_id(scope), changes, _text(headers.get(_IF_MATCH)))
+
+
+async def _delete(db: Database, user: str, scope: Scope, headers: dict[bytes, bytes], _: Any) -> Response:
+    return await tasks.remove(db, user, _task_id(scope), _text(headers.get(_IF_MATCH)))
 
 
 class HotRoutes:
@@ -65,112 +169,44 @@ class HotRoutes:
     def __init__(self, app: ASGIApp, routes: Iterable[BaseRoute]) -> None:
         self.app = app
         by_name = {route.name: route for route in routes if isinstance(route, APIRoute)}
-        self._routes = {name: by_name[name] for name in _ENDPOINTS}
-        self._collection: dict[str, tuple[APIRoute, Handler]] = {
-            "GET": (self._routes["list_tasks"], self._list),
-            "POST": (self._routes["create_task"], self._create),
+        self._collection = {
+            "GET": _Hot(by_name["list_tasks"], _list_query, _list),
+            "POST": _Hot(by_name["create_task"], _create_body, _create),
         }
-        self._item: dict[str, tuple[APIRoute, Handler]] = {
-            "GET": (self._routes["get_task"], self._get),
-            "PUT": (self._routes["replace_task"], self._replace),
-            "PATCH": (self._routes["update_task"], self._patch),
-            "DELETE": (self._routes["delete_task"], self._delete),
+        self._item = {
+            "GET": _Hot(by_name["get_task"], _no_input, _get),
+            "PUT": _Hot(by_name["replace_task"], _replacement, _update),
+            "PATCH": _Hot(by_name["update_task"], _patch_changes, _update),
+            "DELETE": _Hot(by_name["delete_task"], _no_input, _delete),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope.get("root_path"):
             path: str = scope["path"]
-            found = None
+            hot = None
             if path == _COLLECTION:
-                found = self._collection.get(scope["method"])
+                hot = self._collection.get(scope["method"])
             elif path.startswith(_ITEM_PREFIX) and _UUID.fullmatch(path, len(_ITEM_PREFIX)):
-                found = self._item.get(scope["method"])
-            if found is not None:
-                route, handler = found
+                hot = self._item.get(scope["method"])
+            if hot is not None:
                 # What FastAPI's route match leaves in the scope (metrics label requests by route).
-                scope["route"], scope["endpoint"] = route, route.endpoint
+                scope["route"], scope["endpoint"] = hot.route, hot.route.endpoint
                 if path != _COLLECTION:
                     scope["path_params"] = {"task_id": path[len(_ITEM_PREFIX) :]}
-                await handler(scope, receive, send)
+                await self._serve(hot, scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    async def _list(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _serve(self, hot: _Hot, scope: Scope, receive: Receive, send: Send) -> None:
+        body = _Body(receive)
         try:
             headers = _headers(scope)
-            pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
-            params = dict(pairs)
-            if len(params) != len(pairs) or not _QUERY_FIELDS.issuperset(params):
-                raise _Decline
-            query = _valid(TaskListQuery, params)
+            value = await hot.parse(scope, headers, body)
         except _Decline:
-            await self.app(scope, receive, send)
+            await self.app(scope, body.replay(), send)
             return
         user = await _user(scope, headers)
-        response = await tasks.list_page(scope["app"].state.database, user, query)
-        await response(scope, receive, send)
-
-    async def _get(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            headers = _headers(scope)
-        except _Decline:
-            await self.app(scope, receive, send)
-            return
-        user = await _user(scope, headers)
-        response = await tasks.read(scope["app"].state.database, user, _task_id(scope))
-        await response(scope, receive, send)
-
-    async def _delete(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            headers = _headers(scope)
-        except _Decline:
-            await self.app(scope, receive, send)
-            return
-        user = await _user(scope, headers)
-        if_match = _text(headers.get(_IF_MATCH))
-        response = await tasks.remove(scope["app"].state.database, user, _task_id(scope), if_match)
-        await response(scope, receive, send)
-
-    async def _create(self, scope: Scope, receive: Receive, send: Send) -> None:
-        messages: list[Message] = []
-        try:
-            headers = _headers(scope)
-            if _IDEMPOTENCY_KEY in headers:
-                raise _Decline  # the transactional path, rarely taken: FastAPI's route validates the key
-            body = _valid(TaskCreate, await _json_body(headers, receive, messages))
-        except _Decline:
-            await self.app(scope, _replay(messages, receive), send)
-            return
-        user = await _user(scope, headers)
-        response = await tasks.create(scope["app"].state.database, user, body, None)
-        await response(scope, receive, send)
-
-    async def _replace(self, scope: Scope, receive: Receive, send: Send) -> None:
-        messages: list[Message] = []
-        try:
-            headers = _headers(scope)
-            body = _valid(TaskReplace, await _json_body(headers, receive, messages))
-        except _Decline:
-            await self.app(scope, _replay(messages, receive), send)
-            return
-        await self._update(scope, receive, send, headers, body.model_dump())
-
-    async def _patch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        messages: list[Message] = []
-        try:
-            headers = _headers(scope)
-            body = _valid(TaskPatch, await _json_body(headers, receive, messages))
-        except _Decline:
-            await self.app(scope, _replay(messages, receive), send)
-            return
-        await self._update(scope, receive, send, headers, body.changes())
-
-    async def _update(
-        self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes], changes: dict[str, Any]
-    ) -> None:
-        user = await _user(scope, headers)
-        if_match = _text(headers.get(_IF_MATCH))
-        response = await tasks.update(scope["app"].state.database, user, _task_id(scope), changes, if_match)
+        response = await hot.act(scope["app"].state.database, user, scope, headers, value)
         await response(scope, receive, send)
 
 
@@ -205,37 +241,3 @@ def _valid(model: type[_Model], value: Any) -> _Model:
         return model.model_validate(value)
     except ValidationError:
         raise _Decline from None
-
-
-async def _json_body(headers: dict[bytes, bytes], receive: Receive, messages: list[Message]) -> Any:
-    """The request's JSON document; every message read is kept in `messages` for a replay."""
-    content_type = headers.get(_CONTENT_TYPE)
-    if content_type is None or content_type.split(b";", 1)[0].strip().lower() != _JSON:
-        raise _Decline
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            raise _Decline  # the client left mid-body: FastAPI's route deals with it as ever
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    try:
-        # Where orjson reads a document, it reads what json.loads (FastAPI's parser) does; what it
-        # refuses (NaN, integers over 64 bits, lone surrogates, other encodings) FastAPI decides.
-        return orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError:
-        raise _Decline from None
-
-
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    """`receive` with the messages already read put back in front."""
-    pending = list(messages)
-
-    async def replayed() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replayed
