@@ -374,7 +374,7 @@ class _Use:
     async def _put_back(self, exc: BaseException | None) -> None:
         """Keep the connection open for the next request if it is as it was handed out, else close it."""
         connection = self._connection
-        if (exc is None or isinstance(exc, Problem)) and _autocommit(connection) and not connection.invalidated:
+        if (exc is None or isinstance(exc, Problem)) and autocommit(connection) and not connection.invalidated:
             self._db._keep(connection, self._opened_at)
             return
         if exc is not None and not isinstance(exc, Problem):
@@ -390,8 +390,10 @@ class _Use:
             del self._db._owners[self._owner]
 
 
-def _autocommit(connection: AsyncConnection) -> bool:
-    # A write that purged tombstones switched its connection to a transaction (app.services.changes).
+def autocommit(connection: AsyncConnection) -> bool:
+    """Whether `connection` commits each statement by itself (a writer's connection that purged
+    tombstones has switched to a transaction: app.services.changes.stamped).
+    """
     options = connection.sync_connection.get_execution_options() if connection.sync_connection else {}
     return bool(options.get("isolation_level") == "AUTOCOMMIT")
 

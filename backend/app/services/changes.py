@@ -74,7 +74,7 @@ from sqlalchemy.sql.expression import CTE, Executable
 
 from app import cursors
 from app.columns import UTCTimestamp
-from app.database import after_commit
+from app.database import after_commit, autocommit
 from app.errors import CursorExpired, InvalidCursor
 from app.models.changes import ChangeCounter, TaskTombstone
 from app.models.task import TASK_FIELDS, Task, TaskRow
@@ -237,7 +237,7 @@ async def stamped(conn: AsyncConnection, owner_id: str, seq: int, purge_due_at: 
     """
     policy = _policy(conn)
     if purge_due_at is not None and purge_due_at <= _now():
-        if _autocommit(conn):
+        if autocommit(conn):
             try:
                 await conn.commit()  # ends SQLAlchemy's bookkeeping transaction; nothing is sent
                 await conn.execution_options(isolation_level="READ COMMITTED")
@@ -252,10 +252,6 @@ async def stamped(conn: AsyncConnection, owner_id: str, seq: int, purge_due_at: 
     if policy.announce is not None:
         announce = policy.announce
         after_commit(lambda: announce(owner_id, seq))
-
-
-def _autocommit(conn: AsyncConnection) -> bool:
-    return bool(conn.sync_connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT")  # type: ignore[union-attr]
 
 
 _PURGE = (
