@@ -38,7 +38,7 @@ from app.database import Database
 from app.routers import tasks
 from app.schemas.task import TaskCreate, TaskListQuery, TaskPatch, TaskReplace
 
-_COLLECTION = "/api/tasks"
+_COLLECTION = tasks.COLLECTION_PATH
 _ITEM_PREFIX = tasks.TASK_PATH
 # The canonical form, which uuid.UUID and pydantic read alike (other spellings go to FastAPI).
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

@@ -37,9 +37,10 @@ from app.schemas.task import (
 from app.services import tasks as service
 from app.services.idempotency import IdempotencyKeyReused
 
-router = APIRouter(prefix="/api/tasks", tags=["tasks"])
-# The path of a task: this plus its id (the Location of a created task).
-TASK_PATH = "/api/tasks/"
+# The collection's path; a task's path is TASK_PATH plus its id (the Location of a created task).
+COLLECTION_PATH = "/api/tasks"
+TASK_PATH = COLLECTION_PATH + "/"
+router = APIRouter(prefix=COLLECTION_PATH, tags=["tasks"])
 
 IfMatch = Annotated[
     str | None,
