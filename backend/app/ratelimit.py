@@ -13,11 +13,15 @@ client address (README "Operating it").
   storage (per worker process) or in Redis (one budget for every worker and replica). A 429 says
   when the budget frees up again; the refusal is also remembered in the process until then, so a
   client hammering past its limit costs no storage round trips.
-- **Redis, one round trip for many requests.** The hits of the requests that reach the check in
-  the same event-loop turn go to Redis together: one EVALSHA of a script that runs `limits`' own
-  moving-window script (its text, verbatim) once per hit, on `limits`' keys, and answers for each
-  hit either "counted" or the entry that blocks it, from which the 429's `Retry-After` follows
-  without a second call. Each hit is counted exactly as `limits` counts it. The call goes through
+- **Redis, one round trip for many requests.** Hits go to Redis in batches: one EVALSHA of a
+  script that runs `limits`' own moving-window script (its text, verbatim) once per hit, on
+  `limits`' keys, and answers for each hit "counted" (saying whether the window still has plenty
+  of room) or the entry that blocks it, from which the 429's `Retry-After` follows without a
+  second call. A request whose hit has to ask waits for the next batch, sent on the event loop's
+  next turn. While Redis says a user's window has plenty of room, the worker admits up to 4 of
+  their requests at a time itself and sends those hits within 20 ms, to be counted all the same
+  (`RedisWindows`: the exact bound is there). This takes the round trip off most requests: a
+  round trip's system calls cost more than the rest of the check. The call goes through
   app/redisclient.py, a client of our own for exactly this (one pipelined connection per
   process, RESP2 written and parsed directly): through redis-py's asyncio client a call cost the
   worker several times what the rest of the limit check does.
@@ -27,7 +31,8 @@ client address (README "Operating it").
   remaining quota would cost a second storage round trip per request (section 6.2 of the draft
   allows servers to send it only near exhaustion).
 - **Failing open.** Redis unreachable, refusing (an error reply) or slower than 100 ms (for the
-  round trip a request's hit goes in, connecting included): the request is served unchecked, the
+  round trip a request's hit goes in, connecting included): the request is served unchecked (so
+  were the ones the worker admitted whose hits went in that call), the
   metrics count it, one warning a minute is logged, and the storage is tried again after a second
   (on a new connection: a call that failed closes the one it was on).
   A rate limit never turns a request into a 5xx.
@@ -40,6 +45,7 @@ import ipaddress
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -87,6 +93,10 @@ class Policy:
     # What comes before and after a user's (or address's) key in the Redis key of their window.
     key_head: str
     key_tail: str
+    # The room a window needs for the worker to admit hits itself (`_BATCH_SCRIPT`'s far_at,
+    # encoded; 0: never), and how long Redis' "there is that room" holds (RedisWindows).
+    redis_far_at: bytes
+    allowance_trust_s: float
 
     @classmethod
     def parse(cls, name: str, rate: str) -> Policy:
@@ -96,7 +106,17 @@ class Policy:
         # `limits`' own key with a placeholder for the key: its layout, built once, not per request.
         placeholder = "\0"
         head, _, tail = f"{RedisStorage.PREFIX}:{item.key_for(name, placeholder)}".partition(placeholder)
-        return cls(name, item, f'"{name}";q={item.amount};w={item.get_expiry()}', redis_args, head, tail)
+        far_at = max(4 * ALLOWANCE_HITS, item.amount // ALLOWANCE_ROOM_SHARE)
+        return cls(
+            name,
+            item,
+            f'"{name}";q={item.amount};w={item.get_expiry()}',
+            redis_args,
+            head,
+            tail,
+            bulk(b"%d" % (far_at if far_at < item.amount else 0)),
+            min(ALLOWANCE_TRUST_S, item.get_expiry() / 4),
+        )
 
     def redis_key(self, key: str) -> str:
         """The Redis key of `key`'s window: the one `limits`' RedisStorage would use."""
@@ -129,7 +149,7 @@ class RateLimiter:
         url = settings.RATE_LIMIT_STORAGE_URL.get_secret_value()
         self.storage_kind = url.partition("://")[0]
         self._strategy = MovingWindowRateLimiter(MemoryStorage())
-        self._redis = None if self.storage_kind == "memory" else RedisWindows(url)
+        self._redis = None if self.storage_kind == "memory" else RedisWindows(url, on_failure=self._counting_failed)
         self._metrics = metrics
         self._refused: dict[tuple[str, str], float] = {}
         self._storage_retry_at = 0.0
@@ -191,6 +211,8 @@ class RateLimiter:
         if self._storage_retry_at and time.monotonic() < self._storage_retry_at:
             self._unchecked()
             return None
+        if self._redis is not None and self._redis.admit(policy, key, cost):
+            return None
         try:
             if self._redis is None:
                 reset_at = await self._hit(policy, key, cost)
@@ -222,6 +244,13 @@ class RateLimiter:
                 del self._refused[next(iter(self._refused))]
         self._refused[slot] = reset_at
 
+    def _counting_failed(self, exc: Exception, uncounted: int) -> None:
+        # Hits the worker admitted itself (RedisWindows.admit) were not counted: those requests
+        # were served unchecked after all.
+        self._storage_failed(exc)
+        if self._metrics is not None:
+            self._metrics.ratelimit_unchecked.inc(uncounted - 1)
+
     def _storage_failed(self, exc: Exception) -> None:
         self._storage_down = True
         self._storage_retry_at = time.monotonic() + STORAGE_RETRY_S
@@ -247,9 +276,15 @@ _AUTH_DETAIL = "Too many failed authentications from this address"
 
 # `limits`' moving-window script (acquire_moving_window.lua: its KEYS[1] is the window, its ARGV
 # the time, the limit, the window length and the cost; true when the cost fits and is counted),
-# run once per hit of a batch. Per hit the answer is 0 if counted, else the window's entry that
-# has to leave it before the cost fits (the oldest one when the cost exceeds the limit), or the
-# time sent if the window is empty.
+# run once per asked hit of a batch. A hit the worker admitted itself (`admitted` = 1, within its
+# allowance) is recorded as that script records a hit that fits, whatever the window holds. Per
+# hit the answer is:
+# - 1: counted, and the window still has room for at least `far_at` more (the entry at index
+#   `limit - far_at` is absent or has left the window): the worker may admit a few of this key's
+#   hits itself until told otherwise;
+# - 0: counted, and the window is nearer full than that (or `far_at` is 0: never);
+# - a string: not counted (over the limit); the window's entry that has to leave it before the
+#   cost fits (the oldest one when the cost exceeds the limit), or the time sent if it is empty.
 _BATCH_SCRIPT = f"""
 local function acquire(KEYS, ARGV)
 {RedisBridge.SCRIPT_ACQUIRE_MOVING_WINDOW.decode()}
@@ -257,9 +292,22 @@ end
 local now = ARGV[1]
 local results = {{}}
 for i, key in ipairs(KEYS) do
-    local limit, expiry, amount = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
-    if acquire({{key}}, {{now, limit, expiry, amount}}) then
+    local limit, expiry, amount = ARGV[5 * i - 3], ARGV[5 * i - 2], ARGV[5 * i - 1]
+    local far_at, admitted = tonumber(ARGV[5 * i]), ARGV[5 * i + 1] == '1'
+    local counted = admitted
+    if admitted then
+        for _ = 1, tonumber(amount) do redis.call('lpush', key, now) end
+        redis.call('ltrim', key, 0, tonumber(limit) - 1)
+        redis.call('expire', key, expiry)
+    else
+        counted = acquire({{key}}, {{now, limit, expiry, amount}})
+    end
+    if counted then
         results[i] = 0
+        if far_at > 0 then
+            local entry = redis.call('lindex', key, tonumber(limit) - far_at)
+            if not entry or tonumber(entry) < tonumber(now) - tonumber(expiry) then results[i] = 1 end
+        end
     else
         local index = tonumber(limit) - tonumber(amount)
         if index < 0 then index = -1 end
@@ -269,25 +317,80 @@ end
 return results
 """
 
-# One pending hit: its window's key, the policy, the cost, and the future its request awaits.
-_Hit = tuple[str, Policy, int, "asyncio.Future[float | None]"]
-# `cost` as the script's argument, for the usual costs (saves formatting it per hit).
+# How many hits of one key a worker may admit itself before Redis has counted them (an allowance).
+ALLOWANCE_HITS = 4
+# Hits a worker admitted itself wait at most this long to be sent to Redis together.
+ALLOWANCE_FLUSH_S = 0.02
+# A window must have room for this share of its limit (and at least 4 allowances) for the worker to
+# admit hits itself; nearer the limit every hit waits for Redis.
+ALLOWANCE_ROOM_SHARE = 4
+# How long a "plenty of room" answer holds: a quarter of the window, at most this.
+ALLOWANCE_TRUST_S = 15.0
+# Keys with an allowance remembered per process.
+MAX_ALLOWANCES = 100_000
+
+# One pending hit: its window's key, the policy, the cost, and the future its request awaits
+# (None: a hit the worker admitted itself, sent to be counted).
+_Hit = tuple[str, Policy, int, "asyncio.Future[float | None] | None"]
+# The script's arguments for the usual costs and for "admitted" (saves formatting them per hit).
 _COSTS = {cost: bulk(b"%d" % cost) for cost in range(1, 17)}
+_ASKED, _ADMITTED = bulk(b"0"), bulk(b"1")
+
+
+class _Allowance:
+    """A key's allowance in this worker: until when it holds, and its hits not yet counted."""
+
+    __slots__ = ("uncounted", "until")
+
+    def __init__(self) -> None:
+        self.until = 0.0  # time.monotonic(); 0: none now (every hit asks Redis)
+        self.uncounted = 0
 
 
 class RedisWindows:
-    """`limits`' moving windows in Redis, with the hits of concurrent requests in one round trip.
+    """`limits`' moving windows in Redis, with the hits of many requests in one round trip.
 
-    A request's hit waits in a queue until the event loop's next turn; then the queue goes to
-    Redis as one script call (`_BATCH_SCRIPT`, through app/redisclient.py: one pipelined
-    connection) while later hits start the next queue. A failed or slow (over 100 ms) call fails
-    every hit it carried.
+    A hit either asks (`hit`: its request waits for the answer; the queue goes out on the event
+    loop's next turn) or is admitted by the worker itself (`admit`: the request goes on at once; the
+    hit goes out with the next call, within 20 ms). The worker admits a key's hits itself only while
+    Redis' last answer for that key (at most a quarter of the window ago, at most 15 s) said the
+    window has room for a quarter of the limit more (and at least 16), and only 4 of them at a time
+    before Redis has counted them. Every admitted hit is counted in Redis like any other. So one
+    worker never admits more than the limit, and with several workers (processes, replicas) a user
+    gets more than the limit only by climbing from under three quarters of it to all of it faster
+    than a worker hears about it, and then at most 4 requests more per worker.
+
+    Calls go through app/redisclient.py (one pipelined connection). A failed or slow (over 100 ms)
+    call fails every hit it carried: the asked ones raise, the admitted ones are reported to
+    `on_failure` (with how many were not counted), and every allowance ends.
     """
 
-    def __init__(self, url: str, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float | None = None,
+        on_failure: Callable[[Exception, int], None] | None = None,
+    ) -> None:
         # STORAGE_TIMEOUT_S read now, not at import: scripts/instructions.py stretches it under valgrind.
         self._runner = ScriptRunner(url, _BATCH_SCRIPT, STORAGE_TIMEOUT_S if timeout is None else timeout)
+        self._on_failure = on_failure
         self._queue: list[_Hit] = []
+        self._send_soon = False  # a send is due on the loop's next turn
+        self._send_later: asyncio.TimerHandle | None = None  # a send is due within ALLOWANCE_FLUSH_S
+        self._allowances: dict[str, _Allowance] = {}
+
+    def admit(self, policy: Policy, key: str, cost: int) -> bool:
+        """True if the worker admits `cost` against `key`'s `policy` window itself, under its
+        allowance (the hit is sent to Redis to be counted, soon); False if the hit has to ask.
+        """
+        allowance = self._allowances.get(policy.redis_key(key))
+        if allowance is None or allowance.uncounted + cost > ALLOWANCE_HITS or allowance.until < time.monotonic():
+            return False
+        allowance.uncounted += cost
+        self._queue.append((policy.redis_key(key), policy, cost, None))
+        if not self._send_soon and self._send_later is None:
+            self._send_later = asyncio.get_running_loop().call_later(ALLOWANCE_FLUSH_S, self._send)
+        return True
 
     def hit(self, policy: Policy, key: str, cost: int) -> asyncio.Future[float | None]:
         """Count `cost` against `key`'s `policy` window: resolves to None if it fits (and is
@@ -295,49 +398,92 @@ class RedisWindows:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[float | None] = loop.create_future()
-        if not self._queue:
+        if not self._send_soon:
+            self._send_soon = True
             loop.call_soon(self._send)
         self._queue.append((policy.redis_key(key), policy, cost, future))
         return future
 
     async def aclose(self) -> None:
-        """Wait for the calls on their way (at most their timeout), then close the connection."""
+        """Send the hits waiting to go, wait for the calls on their way (at most their timeout),
+        then close the connection.
+        """
         if self._queue:
-            await asyncio.sleep(0)  # the queued hits go out first (`_send` is due this turn)
+            self._send()
         await self._runner.aclose()
 
     def _send(self) -> None:
+        self._send_soon = False
+        if self._send_later is not None:
+            self._send_later.cancel()
+            self._send_later = None
         hits, self._queue = self._queue, []
+        if not hits:
+            return
         try:
-            # KEYS: the windows; ARGV: the time, then limit, expiry and cost per hit.
+            # KEYS: the windows; ARGV: the time, then limit, expiry, cost, far_at and admitted per hit.
             keys: list[bytes] = []
             args = [bulk(repr(time.time()).encode())]
-            for key, policy, cost, _ in hits:
+            for key, policy, cost, future in hits:
                 keys.append(bulk(key.encode()))
                 args.append(policy.redis_args)
                 args.append(_COSTS.get(cost) or bulk(b"%d" % cost))
+                args.append(policy.redis_far_at)
+                args.append(_ASKED if future is not None else _ADMITTED)
             body = b"".join(keys + args)
-            self._runner.run(len(hits), body, 4 * len(hits) + 1, lambda reply: self._answer(hits, reply))
+            self._runner.run(len(hits), body, 6 * len(hits) + 1, lambda reply: self._answer(hits, reply))
         except Exception as exc:  # never leave a request waiting
             self._answer(hits, exc)
 
-    @staticmethod
-    def _answer(hits: list[_Hit], reply: object) -> None:
-        if isinstance(reply, list) and len(reply) == len(hits):
-            for (_, policy, _, future), answer in zip(hits, reply, strict=True):
-                if future.done():  # a cancelled request's hit still counts
-                    continue
-                if answer == 0:
-                    future.set_result(None)
-                elif isinstance(answer, bytes | int):
-                    future.set_result(float(answer) + policy.item.get_expiry())
-                else:
-                    future.set_exception(ReplyError(f"unexpected answer {answer!r}"))
+    def _answer(self, hits: list[_Hit], reply: object) -> None:
+        if not (isinstance(reply, list) and len(reply) == len(hits)):
+            self._failed(
+                hits, reply if isinstance(reply, Exception) else ReplyError(f"unexpected reply {reply!r:.100}")
+            )
             return
-        exc = reply if isinstance(reply, Exception) else ReplyError(f"unexpected reply {reply!r:.100}")
+        allowances = self._allowances
+        now = time.monotonic()
+        for (key, policy, cost, future), answer in zip(hits, reply, strict=True):
+            allowance = allowances.get(key)
+            if future is None and allowance is not None:
+                # Never below 0: after a failure, an allowance can be newer than the hits it hears of.
+                allowance.uncounted = max(0, allowance.uncounted - cost)
+            if answer == 1:
+                if allowance is None:
+                    if len(allowances) >= MAX_ALLOWANCES:
+                        self._forget_idle_allowances(now)
+                        if len(allowances) >= MAX_ALLOWANCES:
+                            continue
+                    allowance = allowances[key] = _Allowance()
+                allowance.until = now + policy.allowance_trust_s
+            elif allowance is not None:
+                allowance.until = 0.0
+            if future is None or future.done():  # a cancelled request's hit still counts
+                continue
+            if answer == 0 or answer == 1:
+                future.set_result(None)
+            elif isinstance(answer, bytes):
+                future.set_result(float(answer) + policy.item.get_expiry())
+            else:
+                future.set_exception(ReplyError(f"unexpected answer {answer!r}"))
+
+    def _failed(self, hits: list[_Hit], exc: Exception) -> None:
+        self._allowances.clear()  # nothing is known now: every hit asks until Redis answers again
+        uncounted = 0
         for *_, future in hits:
-            if not future.done():
+            if future is None:
+                uncounted += 1
+            elif not future.done():
                 future.set_exception(exc)
+        if uncounted and self._on_failure is not None:
+            self._on_failure(exc, uncounted)
+
+    def _forget_idle_allowances(self, now: float) -> None:
+        allowances = self._allowances
+        for key in [
+            key for key, allowance in allowances.items() if allowance.uncounted <= 0 and allowance.until <= now
+        ]:
+            del allowances[key]
 
 
 def client_address(scope: Scope) -> str:

@@ -265,7 +265,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.mark.slow
 def test_ratelimit_redis_is_one_budget_across_processes(sqlite_url: str, tmp_path: Path) -> None:
-    settings = {"RATE_LIMIT_ENABLED": "true", "RATE_LIMIT_STORAGE_URL": shared_redis(), "RATE_LIMIT_READ": "4/minute"}
+    settings = {
+        "RATE_LIMIT_ENABLED": "true",
+        "RATE_LIMIT_STORAGE_URL": shared_redis(),
+        "RATE_LIMIT_READ": "4/minute",
+        "RATE_LIMIT_WRITE": "40/minute",  # large enough for allowances (RedisWindows)
+    }
     with (
         api_servers(sqlite_url, tmp_path, 2, settings=settings) as (first, second),
         httpx.Client(base_url=first.url) as a,
@@ -279,6 +284,16 @@ def test_ratelimit_redis_is_one_budget_across_processes(sqlite_url: str, tmp_pat
         assert _get(b, headers) == 429
         other = auth(new_user())
         assert _get(b, other) == 200
+        # Writes alternating too, most of them admitted by a worker itself: no refusal before the
+        # fortieth, and at most 4 more per process than the budget (the bound of allowances).
+        writer = auth(new_user())
+        statuses = [
+            (a if index % 2 else b).post("/api/tasks", json={"title": "x"}, headers=writer).status_code
+            for index in range(52)
+        ]
+        assert set(statuses) == {201, 429}
+        assert statuses.index(429) >= 40 and statuses.count(201) <= 48, statuses
+        assert statuses[-4:] == [429] * 4
 
 
 @pytest.mark.slow

@@ -437,3 +437,116 @@ async def test_tls(tmp_path: Path) -> None:
             assert await outcomes(windows, new_user(), 1) == ["SSLCertVerificationError"]
         finally:
             await windows.aclose()
+
+
+# Allowances: hits a worker admits itself while Redis says the window has plenty of room.
+
+
+async def _count(windows: RedisWindows, policy: Policy, key: str) -> str:
+    """One hit as RateLimiter makes it: "admitted" by the worker, else asked: "ok" or "refused"."""
+    if windows.admit(policy, key, 1):
+        return "admitted"
+    return "ok" if await windows.hit(policy, key, 1) is None else "refused"
+
+
+async def _until_counted(url: str, policy: Policy, key: str, count: int) -> None:
+    """Wait (at most PATIENT seconds) until Redis holds `count` entries in `key`'s window."""
+    admin = sync_client(url)
+    try:
+        for _ in range(int(PATIENT * 100)):
+            if admin.llen(policy.redis_key(key)) == count:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{count} hits were not counted within {PATIENT} s")
+    finally:
+        admin.close()
+
+
+async def test_allowance_admits_four_hits_without_a_round_trip_then_counts_them(server: RedisServer) -> None:
+    policy = Policy.parse("read", "100/minute")  # plenty of room: 25 or more left
+    windows = RedisWindows(server.url, timeout=PATIENT)
+    admin = sync_client(server.url)
+    try:
+        key = new_user()
+        assert not windows.admit(policy, key, 1)  # nothing known of this window yet: ask
+        assert await windows.hit(policy, key, 1) is None
+        # Redis said there is room: four hits are admitted here, the fifth has to ask.
+        assert [windows.admit(policy, key, 1) for _ in range(5)] == [True] * 4 + [False]
+        assert admin.llen(policy.redis_key(key)) == 1  # not sent yet (no event-loop turn since)
+        await _until_counted(server.url, policy, key, 5)  # sent and counted, as limits counts them
+        assert limits_remaining(server.url, policy, key) == 95
+        assert windows.admit(policy, key, 1)  # counted: the allowance is whole again
+        other = new_user()
+        assert not windows.admit(policy, other, 1)  # an allowance is per key
+    finally:
+        admin.close()
+        await windows.aclose()
+    await _until_counted(server.url, policy, key, 6)  # closing sends what waits to go
+
+
+async def test_near_the_limit_every_hit_asks_and_one_worker_admits_exactly_the_limit(server: RedisServer) -> None:
+    policy = Policy.parse("write", "40/minute")  # allowances while 16 or more are left
+    windows = RedisWindows(server.url, timeout=PATIENT)
+    try:
+        key = new_user()
+        outcomes = [await _count(windows, policy, key) for _ in range(45)]
+        assert outcomes.count("admitted") >= 4
+        assert "admitted" not in outcomes[25:]  # 24 counted at most when the last allowance came
+        assert outcomes[40:] == ["refused"] * 5
+        assert outcomes[:40].count("refused") == 0
+        assert limits_remaining(server.url, policy, key) == 0
+        assert sync_client(server.url).llen(policy.redis_key(key)) == 40
+        small = Policy.parse("read", "3/minute")  # too small for allowances: every hit asks
+        assert [await _count(windows, small, key) for _ in range(4)] == ["ok", "ok", "ok", "refused"]
+    finally:
+        await windows.aclose()
+
+
+async def test_two_workers_admit_at_most_four_more_each_than_the_limit(server: RedisServer) -> None:
+    policy = Policy.parse("read", "100/minute")
+    workers = [RedisWindows(server.url, timeout=PATIENT) for _ in range(2)]
+    try:
+        key = new_user()
+        for windows in workers:  # each worker hears there is room
+            assert await windows.hit(policy, key, 1) is None
+        served = 2
+        # One worker uses up the window while the other keeps its allowance from the start ...
+        while await _count(workers[0], policy, key) != "refused":
+            served += 1
+        assert served == 100
+        # ... which lets it admit four more before it hears the window is full: the bound.
+        late = [await _count(workers[1], policy, key) for _ in range(6)]
+        assert late == ["admitted"] * 4 + ["refused"] * 2
+        await _until_counted(server.url, policy, key, 100)  # the list keeps the newest 100
+        assert not workers[1].admit(policy, key, 1)
+    finally:
+        for windows in workers:
+            await windows.aclose()
+
+
+async def test_admitted_hits_that_cannot_be_counted_are_reported_and_end_every_allowance(
+    server: RedisServer,
+) -> None:
+    policy = Policy.parse("read", "100/minute")
+    failures: list[int] = []
+    failed = asyncio.Event()
+
+    def on_failure(exc: Exception, uncounted: int) -> None:
+        failures.append(uncounted)
+        failed.set()
+
+    windows = RedisWindows(server.url, timeout=1, on_failure=on_failure)
+    try:
+        key = new_user()
+        assert await windows.hit(policy, key, 1) is None
+        server.stop()
+        assert [windows.admit(policy, key, 1) for _ in range(3)] == [True] * 3
+        async with asyncio.timeout(PATIENT):
+            await failed.wait()
+        assert failures == [3]  # one call carried all three
+        assert not windows.admit(policy, key, 1)  # nothing known now: the next hit asks (and fails open)
+        server.start()
+        assert await windows.hit(policy, key, 1) is None
+        assert windows.admit(policy, key, 1)
+    finally:
+        await windows.aclose()
