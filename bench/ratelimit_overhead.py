@@ -65,6 +65,7 @@ def main() -> int:
     _, fixtures = prepare_database(settings, secret)
     workload = build_workload(secret, fixtures)
     results: dict[str, list[tuple[float, float, float, float, float]]] = {}
+    cpu_by_round: dict[str, dict[int, float]] = {}  # variant -> round -> app + Redis CPU ms/request
     with tempfile.TemporaryDirectory(prefix="ratelimit-bench-") as tmp:
         redis, redis_port = start_redis(Path(tmp))
         variants = {
@@ -109,6 +110,7 @@ def main() -> int:
                     redis_ms = (after[1] - before[1]) * 1000 / max(result.requests, 1)
                     row = (result.rps, result.p50_ms, result.p99_ms, app_ms, redis_ms)
                     results.setdefault(name, []).append(row)
+                    cpu_by_round.setdefault(name, {})[round_no] = app_ms + redis_ms
                     log(
                         f"round {round_no} {name:6} {result.rps:7,.0f} req/s  p50 {result.p50_ms:6.1f} ms  "
                         f"p99 {result.p99_ms:6.1f} ms  app CPU {app_ms:.3f} ms/req  Redis CPU {redis_ms:.3f} ms/req  "
@@ -118,13 +120,19 @@ def main() -> int:
             redis.terminate()
             redis.wait()
     print(f"mixed profile, {settings.workers} workers, {settings.connections} connections, medians of {args.rounds}")
-    print("| limits | req/s | p50 ms | p99 ms | app CPU ms/req | Redis CPU ms/req | CPU vs off |")
-    print("|---|--:|--:|--:|--:|--:|--:|")
-    off_cpu = statistics.median(row[3] for row in results.get("off", [(0.0, 0.0, 0.0, float("nan"), 0.0)]))
+    print("| limits | req/s | p50 ms | p99 ms | app CPU ms/req | Redis CPU ms/req | CPU vs off | per round vs off |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|")
+    off_rows = results.get("off", [])
+    off_cpu = statistics.median(row[3] for row in off_rows) if off_rows else float("nan")
     for name, rows in results.items():
         rps, p50, p99, app_ms, redis_ms = (statistics.median(column) for column in zip(*rows, strict=True))
         change = (app_ms + redis_ms) / off_cpu - 1
-        print(f"| {name} | {rps:,.0f} | {p50:.1f} | {p99:.1f} | {app_ms:.3f} | {redis_ms:.3f} | {change:+.1%} |")
+        # Each round against the same round's "off" (rounds with a skipped variant left out).
+        off_by_round = cpu_by_round.get("off", {})
+        paired = [cpu / off_by_round[r] - 1 for r, cpu in cpu_by_round[name].items() if r in off_by_round]
+        per_round = ", ".join(f"{value:+.0%}" for value in paired)
+        cells = f"{rps:,.0f} | {p50:.1f} | {p99:.1f} | {app_ms:.3f} | {redis_ms:.3f} | {change:+.1%}"
+        print(f"| {name} | {cells} | {per_round} |")
     return 0
 
 

@@ -8,6 +8,7 @@ depend on the database); the server-process tests use Redis: the machine's, or o
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -18,10 +19,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from pydantic import ValidationError
 
 from app.errors import RateLimited
-from app.ratelimit import RateLimiter, client_address, count_operation
+from app.ratelimit import MemoryWindows, Policy, RateLimiter, client_address, count_operation
 from tests.support import assert_401, assert_problem, auth, bearer, captured_logs, hs256_token, new_user
 from tests.support.apps import make_settings, migrate, running_app
 from tests.support.redis_servers import RedisServer, shared_redis
@@ -227,6 +230,49 @@ def test_ratelimit_settings_are_validated() -> None:
         assert error.value.errors()[0]["loc"] == (name,)
     settings = make_settings("sqlite:///x.db", RATE_LIMIT_STORAGE_URL="rediss://:pw@cache:6380/2")
     assert settings.RATE_LIMIT_STORAGE_URL.get_secret_value().startswith("rediss://")
+
+
+def test_ratelimit_memory_windows_count_exactly_as_limits_does() -> None:
+    # The same hits, costs included, through `limits`' own in-memory moving window and ours.
+    reference = MovingWindowRateLimiter(MemoryStorage())
+    ours = MemoryWindows()
+    policy = Policy.parse("write", "7/minute")
+    rng = random.Random(13)  # noqa: S311 (a repeatable sequence of hits, not a secret)
+    answers = []
+    for _ in range(60):
+        key, cost = rng.choice(("alice", "bob", "carol")), rng.choice((1, 1, 1, 2, 3, 8))
+        fits = reference.hit(policy.item, policy.name, key, cost=cost)
+        refused_until = ours.hit(policy, key, cost)
+        assert fits == (refused_until is None), (key, cost)
+        answers.append(fits)
+    assert True in answers and False in answers
+
+
+def test_ratelimit_memory_windows_refuse_until_the_blocking_entry_leaves_then_forget_idle_keys() -> None:
+    windows = MemoryWindows()
+    policy = Policy.parse("read", "3/second")
+    first = time.time()
+    assert windows.hit(policy, "alice", 2) is None
+    time.sleep(0.2)
+    second = time.time()
+    assert windows.hit(policy, "alice", 1) is None
+    # Full: one or two more fit when the first hit's entries leave the window ...
+    for cost in (1, 2):
+        refused_until = windows.hit(policy, "alice", cost)
+        assert refused_until is not None and first <= refused_until - 1 <= second
+    # ... three only when the newest one does.
+    refused_until = windows.hit(policy, "alice", 3)
+    assert refused_until is not None and second <= refused_until - 1 <= time.time()
+    assert windows.hit(policy, "alice", 4) is not None  # more than the limit never fits
+    time.sleep(1.1)
+    assert windows.hit(policy, "alice", 3) is None
+    # Windows idle for longer than their length are dropped every SWEEP_EVERY hits.
+    for index in range(MemoryWindows.SWEEP_EVERY // 2):
+        assert windows.hit(Policy.parse("write", "1/second"), f"user-{index}", 1) is None
+    time.sleep(1.1)
+    for _ in range(MemoryWindows.SWEEP_EVERY):  # one sweep in these, after the others went idle
+        windows.hit(policy, "bob", 1)
+    assert sum(len(keys) for _, keys in windows._windows.values()) == 1  # bob's
 
 
 def test_ratelimit_client_address_groups_ipv6_by_64() -> None:
