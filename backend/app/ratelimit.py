@@ -335,10 +335,10 @@ local results = {{}}
 for i, key in ipairs(KEYS) do
     local limit, expiry, amount = ARGV[5 * i - 3], ARGV[5 * i - 2], ARGV[5 * i - 1]
     local far_at, admitted = tonumber(ARGV[5 * i]), ARGV[5 * i + 1] == '1'
-    local counted = admitted
+    local counted, length = admitted, nil
     if admitted then
-        for _ = 1, tonumber(amount) do redis.call('lpush', key, now) end
-        redis.call('ltrim', key, 0, tonumber(limit) - 1)
+        for _ = 1, tonumber(amount) do length = redis.call('lpush', key, now) end
+        if length > tonumber(limit) then redis.call('ltrim', key, 0, tonumber(limit) - 1) end
         redis.call('expire', key, expiry)
     else
         counted = acquire({{key}}, {{now, limit, expiry, amount}})
@@ -346,7 +346,9 @@ for i, key in ipairs(KEYS) do
     if counted then
         results[i] = 0
         if far_at > 0 then
-            local entry = redis.call('lindex', key, tonumber(limit) - far_at)
+            local at = tonumber(limit) - far_at
+            -- A list no longer than `at` has no entry there (the usual case: no call needed).
+            local entry = (length == nil or length > at) and redis.call('lindex', key, at)
             if not entry or tonumber(entry) < tonumber(now) - tonumber(expiry) then results[i] = 1 end
         end
     else
@@ -424,11 +426,12 @@ class RedisWindows:
         """True if the worker admits `cost` against `key`'s `policy` window itself, under its
         allowance (the hit is sent to Redis to be counted, soon); False if the hit has to ask.
         """
-        allowance = self._allowances.get(policy.redis_key(key))
+        window = policy.redis_key(key)
+        allowance = self._allowances.get(window)
         if allowance is None or allowance.uncounted + cost > ALLOWANCE_HITS or allowance.until < time.monotonic():
             return False
         allowance.uncounted += cost
-        self._queue.append((policy.redis_key(key), policy, cost, None))
+        self._queue.append((window, policy, cost, None))
         if not self._send_soon and self._send_later is None:
             self._send_later = asyncio.get_running_loop().call_later(ALLOWANCE_FLUSH_S, self._send)
         return True
