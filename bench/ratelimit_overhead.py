@@ -1,7 +1,7 @@
 """What rate limits cost (README "Operating it"): the bench's mixed profile on our app with limits
 off, on in memory, and on in Redis.
 
-    .venv/bin/python bench/ratelimit_overhead.py [--duration 10] [--rounds 3]
+    .venv/bin/python bench/ratelimit_overhead.py [--duration 10] [--rounds 3] [--variants off,memory,redis]
 
 Same database, workload, tokens and wrk load as `make bench` (bench/README.md), on our app only
 (`python -m app.serve`, WEB_CONCURRENCY workers) with the default limits (1200 reads and 300 writes
@@ -54,10 +54,24 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     sys.exit("redis-server did not start")
 
 
+def redis_calls(port: int) -> int:
+    """Script calls (EVALSHA and EVAL) Redis has run since it started."""
+    stats = subprocess.run(
+        ["redis-cli", "-p", str(port), "info", "commandstats"], capture_output=True, text=True, check=True
+    ).stdout
+    calls = 0
+    for line in stats.splitlines():
+        name, _, fields = line.partition(":")
+        if name in ("cmdstat_evalsha", "cmdstat_eval"):
+            calls += int(fields.split(",")[0].removeprefix("calls="))
+    return calls
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="What rate limits cost on the mixed profile.")
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", default="off,memory,redis", help="which of off, memory, redis to run")
     args = parser.parse_args()
     settings = Settings.from_env()
     wrk = ensure_wrk()
@@ -73,6 +87,7 @@ def main() -> int:
             "memory": {"RATE_LIMIT_ENABLED": "true", "RATE_LIMIT_STORAGE_URL": "memory://"},
             "redis": {"RATE_LIMIT_ENABLED": "true", "RATE_LIMIT_STORAGE_URL": f"redis://127.0.0.1:{redis_port}/0"},
         }
+        variants = {name: variants[name] for name in args.variants.split(",")}
         try:
             load = Load(wrk, settings.threads, settings.connections, Path(tmp) / "data.lua")
             write_lua_data(workload, load.data_file)
@@ -96,7 +111,9 @@ def main() -> int:
                         run_wrk(load, server.url, MIXED.name, max(settings.warmup, 1))
                         pids = server.worker_pids()
                         before = sum(cpu_seconds(pid) for pid in pids), cpu_seconds(redis.pid)
+                        calls_before = redis_calls(redis_port)
                         result = run_wrk(load, server.url, MIXED.name, args.duration)
+                        calls = redis_calls(redis_port) - calls_before
                         try:
                             after = sum(cpu_seconds(pid) for pid in pids), cpu_seconds(redis.pid)
                         except FileNotFoundError:
@@ -114,6 +131,7 @@ def main() -> int:
                     log(
                         f"round {round_no} {name:6} {result.rps:7,.0f} req/s  p50 {result.p50_ms:6.1f} ms  "
                         f"p99 {result.p99_ms:6.1f} ms  app CPU {app_ms:.3f} ms/req  Redis CPU {redis_ms:.3f} ms/req  "
+                        f"Redis calls per 100 requests {calls * 100 / max(result.requests, 1):.1f}  "
                         f"non-2xx {result.non_2xx}  socket errors {result.socket_errors}"
                     )
         finally:
