@@ -20,7 +20,7 @@ client address (README "Operating it").
   second call. A request whose hit has to ask waits for the next batch, sent on the event loop's
   next turn. While Redis says a user's window has plenty of room, the worker admits up to 4 of
   their requests at a time itself and sends those hits within 20 ms, to be counted all the same
-  (`RedisWindows`: the exact bound is there). This takes the round trip off most requests: a
+  (`RedisWindows`: the bound on what that lets through is there). This takes the round trip off most requests: a
   round trip's system calls cost more than the rest of the check. The call goes through
   app/redisclient.py, a client of our own for exactly this (one pipelined connection per
   process, RESP2 written and parsed directly): through redis-py's asyncio client a call cost the
@@ -398,10 +398,12 @@ class RedisWindows:
     hit goes out with the next call, within 20 ms). The worker admits a key's hits itself only while
     Redis' last answer for that key (at most a quarter of the window ago, at most 15 s) said the
     window has room for a quarter of the limit more (and at least 16), and only 4 of them at a time
-    before Redis has counted them. Every admitted hit is counted in Redis like any other. So one
-    worker never admits more than the limit, and with several workers (processes, replicas) a user
-    gets more than the limit only by climbing from under three quarters of it to all of it faster
-    than a worker hears about it, and then at most 4 requests more per worker.
+    before Redis has counted them. Every admitted hit is counted in Redis like any other (from when
+    it reaches Redis). So a user gets more than the limit only by using a quarter of it or more in
+    the time a worker takes to hear back from Redis (a burst of concurrent requests, or requests
+    spread over processes), and then by at most 4 requests per worker: the admitted hits on their
+    way are at most 4, and the first answer after the window is full ends the allowance.
+    Allowances are kept for at most MAX_ALLOWANCES keys per worker; beyond that, new keys ask.
 
     Calls go through app/redisclient.py (one pipelined connection). A failed or slow (over 100 ms)
     call fails every hit it carried: the asked ones raise, the admitted ones are reported to
@@ -421,6 +423,7 @@ class RedisWindows:
         self._send_soon = False  # a send is due on the loop's next turn
         self._send_later: asyncio.TimerHandle | None = None  # a send is due within ALLOWANCE_FLUSH_S
         self._allowances: dict[str, _Allowance] = {}
+        self._next_sweep = 0.0  # when `_room_for_allowance` may drop idle allowances again
 
     def admit(self, policy: Policy, key: str, cost: int) -> bool:
         """True if the worker admits `cost` against `key`'s `policy` window itself, under its
@@ -493,13 +496,10 @@ class RedisWindows:
                 # Never below 0: after a failure, an allowance can be newer than the hits it hears of.
                 allowance.uncounted = max(0, allowance.uncounted - cost)
             if answer == 1:
-                if allowance is None:
-                    if len(allowances) >= MAX_ALLOWANCES:
-                        self._forget_idle_allowances(now)
-                        if len(allowances) >= MAX_ALLOWANCES:
-                            continue
+                if allowance is None and self._room_for_allowance(now):
                     allowance = allowances[key] = _Allowance()
-                allowance.until = now + policy.allowance_trust_s
+                if allowance is not None:  # else: no room, this key's hits keep asking
+                    allowance.until = now + policy.allowance_trust_s
             elif allowance is not None:
                 allowance.until = 0.0
             if future is None or future.done():  # a cancelled request's hit still counts
@@ -522,12 +522,20 @@ class RedisWindows:
         if uncounted and self._on_failure is not None:
             self._on_failure(exc, uncounted)
 
-    def _forget_idle_allowances(self, now: float) -> None:
+    def _room_for_allowance(self, now: float) -> bool:
+        """Whether one more allowance fits in MAX_ALLOWANCES, after dropping the idle ones (at
+        most once a second: with every allowance in use, each new key would re-scan them all).
+        """
         allowances = self._allowances
-        for key in [
-            key for key, allowance in allowances.items() if allowance.uncounted <= 0 and allowance.until <= now
-        ]:
+        if len(allowances) < MAX_ALLOWANCES:
+            return True
+        if now < self._next_sweep:
+            return False
+        self._next_sweep = now + 1.0
+        idle = [key for key, allowance in allowances.items() if allowance.uncounted <= 0 and allowance.until <= now]
+        for key in idle:
             del allowances[key]
+        return len(allowances) < MAX_ALLOWANCES
 
 
 def client_address(scope: Scope) -> str:

@@ -218,6 +218,25 @@ async def test_ratelimit_unreachable_storage_fails_open(sqlite_url: str) -> None
     assert storage not in "\n".join(lines)
 
 
+async def test_ratelimit_admitted_requests_whose_hits_redis_lost_count_as_unchecked(
+    sqlite_url: str, redis_server: RedisServer
+) -> None:
+    # 100/minute: large enough for allowances, so the worker admits requests without waiting.
+    settings = {"RATE_LIMIT_STORAGE_URL": redis_server.url, "RATE_LIMIT_READ": "100/minute", "METRICS_ENABLED": True}
+    async with limited_app(sqlite_url, **settings) as app, client_from(app) as client:
+        headers = auth(new_user())
+        assert (await client.get("/api/tasks", headers=headers)).status_code == 200  # asks: allowance
+        redis_server.stop()
+        for _ in range(3):  # admitted (their hits then lost with Redis), or served unchecked after
+            assert (await client.get("/api/tasks", headers=headers)).status_code == 200
+        for _ in range(500):  # until the call carrying the admitted hits has failed
+            metrics = await _scrape(client)
+            if _sample(metrics, "taskapi_ratelimit_storage_errors_total") >= 1:
+                break
+            await asyncio.sleep(0.01)
+        assert _sample(metrics, "taskapi_ratelimit_unchecked_total") == 3
+
+
 def test_ratelimit_settings_are_validated() -> None:
     for name, value in [
         ("RATE_LIMIT_READ", "lots"),

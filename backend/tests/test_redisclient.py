@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
+from app import ratelimit
 from app.ratelimit import _BATCH_SCRIPT, Policy, RateLimiter, RedisWindows
 from app.redisclient import ProtocolError, ReplyError, ScriptRunner, _Connection, parse_url
 from tests.support import captured_logs, new_user
@@ -462,6 +465,16 @@ async def _until_counted(url: str, policy: Policy, key: str, count: int) -> None
         admin.close()
 
 
+async def _admitted_once_answered(windows: RedisWindows, policy: Policy, key: str) -> None:
+    """Admit one hit of `key` as soon as Redis' answer to the hits on their way is back (at most
+    PATIENT seconds)."""
+    for _ in range(int(PATIENT * 100)):
+        if windows.admit(policy, key, 1):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no allowance for {key} within {PATIENT} s")
+
+
 async def test_allowance_admits_four_hits_without_a_round_trip_then_counts_them(server: RedisServer) -> None:
     policy = Policy.parse("read", "100/minute")  # plenty of room: 25 or more left
     windows = RedisWindows(server.url, timeout=PATIENT)
@@ -475,7 +488,7 @@ async def test_allowance_admits_four_hits_without_a_round_trip_then_counts_them(
         assert admin.llen(policy.redis_key(key)) == 1  # not sent yet (no event-loop turn since)
         await _until_counted(server.url, policy, key, 5)  # sent and counted, as limits counts them
         assert limits_remaining(server.url, policy, key) == 95
-        assert windows.admit(policy, key, 1)  # counted: the allowance is whole again
+        await _admitted_once_answered(windows, policy, key)  # the allowance is whole again
         other = new_user()
         assert not windows.admit(policy, other, 1)  # an allowance is per key
     finally:
@@ -515,10 +528,14 @@ async def test_two_workers_admit_at_most_four_more_each_than_the_limit(server: R
             served += 1
         assert served == 100
         # ... which lets it admit four more before it hears the window is full: the bound.
+        late_from = time.time()
         late = [await _count(workers[1], policy, key) for _ in range(6)]
         assert late == ["admitted"] * 4 + ["refused"] * 2
-        await _until_counted(server.url, policy, key, 100)  # the list keeps the newest 100
         assert not workers[1].admit(policy, key, 1)
+        # The four were counted: they are the newest entries (the list keeps the newest 100).
+        entries = cast(list[bytes], sync_client(server.url).lrange(policy.redis_key(key), 0, 4))
+        newest = [float(entry) for entry in entries]
+        assert [entry >= late_from for entry in newest] == [True] * 4 + [False]
     finally:
         for windows in workers:
             await windows.aclose()
@@ -548,5 +565,41 @@ async def test_admitted_hits_that_cannot_be_counted_are_reported_and_end_every_a
         server.start()
         assert await windows.hit(policy, key, 1) is None
         assert windows.admit(policy, key, 1)
+    finally:
+        await windows.aclose()
+
+
+async def test_a_burst_of_one_user_in_one_worker_gets_at_most_four_past_the_limit(server: RedisServer) -> None:
+    policy = Policy.parse("read", "100/minute")
+    windows = RedisWindows(server.url, timeout=PATIENT)
+    try:
+        key = new_user()
+        for _ in range(60):
+            assert await windows.hit(policy, key, 1) is None  # asked: none of the allowance in use
+        # The worst case: 40 hits ask, and while their call is on its way (sent, not answered) the
+        # worker still holds the allowance Redis gave at 60, so it admits four more itself.
+        asked = [windows.hit(policy, key, 1) for _ in range(40)]
+        await asyncio.sleep(0)  # the call goes out
+        assert [windows.admit(policy, key, 1) for _ in range(5)] == [True] * 4 + [False]
+        answers = await asyncio.gather(*asked)
+        served = 60 + answers.count(None) + 4
+        assert 100 <= served <= 104  # the bound: four past the limit at most
+        assert not windows.admit(policy, key, 1)  # the answer said the window is full
+        assert await windows.hit(policy, key, 1) is not None
+    finally:
+        await windows.aclose()
+
+
+async def test_past_max_allowances_new_keys_ask_and_every_hit_is_answered(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ratelimit, "MAX_ALLOWANCES", 2)
+    policy = Policy.parse("read", "100/minute")
+    windows = RedisWindows(server.url, timeout=PATIENT)
+    try:
+        keys = [new_user() for _ in range(4)]
+        async with asyncio.timeout(PATIENT):  # every hit gets its answer
+            assert await asyncio.gather(*(windows.hit(policy, key, 1) for key in keys)) == [None] * 4
+        assert [windows.admit(policy, key, 1) for key in keys] == [True, True, False, False]
     finally:
         await windows.aclose()
