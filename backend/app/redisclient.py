@@ -1,7 +1,7 @@
 """A lean asyncio Redis client for one job: running one Lua script, many times, over one connection.
 
-The rate limits (app/ratelimit.py) send Redis one script call per event-loop turn. Through redis-py's
-asyncio client each call cost the worker more CPU than the rest of the request's limit check many
+The rate limits (app/ratelimit.py) send Redis their hits in batches, each one script call. Through
+redis-py's asyncio client each call cost the worker more CPU than the rest of the request's limit check many
 times over (connection pool, command packing in Python, a task and stream reads per reply), so the
 script runs here instead, on what asyncio offers directly:
 
