@@ -20,8 +20,8 @@ client address (README "Operating it").
   second call. A request whose hit has to ask waits for the next batch, sent on the event loop's
   next turn. While Redis says a user's window has plenty of room, the worker admits up to 4 of
   their requests at a time itself and sends those hits within 20 ms, to be counted all the same
-  (`RedisWindows`: the bound on what that lets through is there). This takes the round trip off most requests: a
-  round trip's system calls cost more than the rest of the check. The call goes through
+  (`RedisWindows` states the bound on what that lets through). This takes the round trip off
+  most requests: a round trip's system calls cost more than the rest of the check. The call goes through
   app/redisclient.py, a client of our own for exactly this (one pipelined connection per
   process, RESP2 written and parsed directly): through redis-py's asyncio client a call cost the
   worker several times what the rest of the limit check does.
@@ -364,8 +364,8 @@ return results
 ALLOWANCE_HITS = 4
 # Hits a worker admitted itself wait at most this long to be sent to Redis together.
 ALLOWANCE_FLUSH_S = 0.02
-# A window must have room for this share of its limit (and at least 4 allowances) for the worker to
-# admit hits itself; nearer the limit every hit waits for Redis.
+# A window must have room for this share of its limit (and for at least 4 * ALLOWANCE_HITS hits)
+# for the worker to admit hits itself; nearer the limit every hit waits for Redis.
 ALLOWANCE_ROOM_SHARE = 4
 # How long a "plenty of room" answer holds: a quarter of the window, at most this.
 ALLOWANCE_TRUST_S = 15.0
