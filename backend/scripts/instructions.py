@@ -25,6 +25,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 # The callgrind client requests (valgrind/callgrind.h macros), built on first use.
@@ -97,6 +98,7 @@ def app_env(db: str, rate_limit_url: str | None = None) -> dict[str, str]:
 
 
 async def child(args: argparse.Namespace) -> None:
+    cg: Any  # the callgrind client requests (a CDLL), or cProfile standing in for them
     if args.cprofile:
         import cProfile
 
@@ -117,7 +119,7 @@ async def child(args: argparse.Namespace) -> None:
 
         cg = _Prof()
     else:
-        cg = ctypes.CDLL(str(CGCTL))
+        cg = ctypes.CDLL(str(CGCTL))  # its cg_* functions, looked up by name: no types for mypy
         cg.cg_dump.argtypes = [ctypes.c_char_p]
     sys.path.insert(0, str(args.backend))
     import httpx
