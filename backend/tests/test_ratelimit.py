@@ -349,7 +349,7 @@ def test_ratelimit_redis_is_one_budget_across_processes(sqlite_url: str, tmp_pat
         assert _get(b, headers) == 429
         other = auth(new_user())
         assert _get(b, other) == 200
-        # Writes alternating too, most of them admitted by a worker itself: no refusal before the
+        # Writes alternating too, many of them admitted by a worker itself: no refusal before the
         # fortieth, and at most 4 more per process than the budget (the bound of allowances).
         writer = auth(new_user())
         statuses = [
