@@ -149,7 +149,7 @@ class RateLimiter:
         url = settings.RATE_LIMIT_STORAGE_URL.get_secret_value()
         self.storage_kind = url.partition("://")[0]
         self._memory = MemoryWindows()
-        self._redis = None if self.storage_kind == "memory" else RedisWindows(url, on_failure=self._counting_failed)
+        self._redis = None if self.storage_kind == "memory" else RedisWindows(url, on_failure=self._storage_failed)
         self._metrics = metrics
         self._refused: dict[tuple[str, str], float] = {}
         self._storage_retry_at = 0.0
@@ -236,19 +236,15 @@ class RateLimiter:
                 del self._refused[next(iter(self._refused))]
         self._refused[slot] = reset_at
 
-    def _counting_failed(self, exc: Exception, uncounted: int) -> None:
-        # Hits the worker admitted itself (RedisWindows.admit) were not counted: those requests
-        # were served unchecked after all.
-        self._storage_failed(exc)
-        if self._metrics is not None:
-            self._metrics.ratelimit_unchecked.inc(uncounted - 1)
-
-    def _storage_failed(self, exc: Exception) -> None:
+    def _storage_failed(self, exc: Exception, unchecked: int = 1) -> None:
+        """A storage call failed: `unchecked` requests go unchecked (one asking, or the ones a
+        worker admitted itself, RedisWindows.admit, whose hits it carried).
+        """
         self._storage_down = True
         self._storage_retry_at = time.monotonic() + STORAGE_RETRY_S
         if self._metrics is not None:
             self._metrics.ratelimit_storage_errors.inc()
-        self._unchecked()
+        self._unchecked(unchecked)
         now = time.monotonic()
         if now >= self._next_warning:
             self._next_warning = now + WARNING_INTERVAL_S
@@ -258,9 +254,9 @@ class RateLimiter:
                 type(exc).__name__,
             )
 
-    def _unchecked(self) -> None:
+    def _unchecked(self, count: int = 1) -> None:
         if self._metrics is not None:
-            self._metrics.ratelimit_unchecked.inc()
+            self._metrics.ratelimit_unchecked.inc(count)
 
 
 _AUTH_DETAIL = "Too many failed authentications from this address"

@@ -151,10 +151,10 @@ async def child(args: argparse.Namespace) -> None:
         ratelimit.STORAGE_TIMEOUT_S = 10.0
         storage_failed = ratelimit.RateLimiter._storage_failed
 
-        def count_failure(self: ratelimit.RateLimiter, exc: Exception) -> None:
+        def count_failure(self: ratelimit.RateLimiter, exc: Exception, unchecked: int = 1) -> None:
             nonlocal storage_failures
             storage_failures += 1
-            storage_failed(self, exc)
+            storage_failed(self, exc, unchecked)
 
         ratelimit.RateLimiter._storage_failed = count_failure  # type: ignore[method-assign]
     app = app_main.create_app(app_main.load_settings())

@@ -46,9 +46,9 @@ def child(backend: Path, url: str, concurrency: int, event_loop: str) -> None:
     failures: list[Exception] = []
     storage_failed = ratelimit.RateLimiter._storage_failed
 
-    def count_failure(self: ratelimit.RateLimiter, exc: Exception) -> None:
+    def count_failure(self: ratelimit.RateLimiter, exc: Exception, unchecked: int = 1) -> None:
         failures.append(exc)
-        storage_failed(self, exc)
+        storage_failed(self, exc, unchecked)
 
     ratelimit.RateLimiter._storage_failed = count_failure  # type: ignore[method-assign]
     settings = make_settings(
